@@ -1,0 +1,305 @@
+"""Restricted Boltzmann Machine math: free energy, conditionals and CD-k over a 2-D array.
+
+Hidden units are Bernoulli. Visible units are Bernoulli (data in [0, 1]) or Gaussian with unit
+variance (standardized real-valued data), as in Hinton's practical guide. Everything is float32
+and vectorized; the mini-batch loop reuses its buffers, so an epoch is dominated by the
+(4k + 6)·N·n_v·n_h flops of its matrix products. All randomness comes from the caller's
+numpy Generator, which keeps Spark retries and resumed runs bit-identical.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+
+Visible = Literal["bernoulli", "gaussian"]
+VISIBLE_TYPES: tuple[str, ...] = ("bernoulli", "gaussian")
+DTYPE = np.float32
+
+
+@dataclass
+class RBMParams:
+    """Weights W (n_visible × n_hidden), visible bias and hidden bias, all float32."""
+
+    W: np.ndarray
+    vbias: np.ndarray
+    hbias: np.ndarray
+
+    def __post_init__(self) -> None:
+        n_v, n_h = self.W.shape
+        if self.vbias.shape != (n_v,) or self.hbias.shape != (n_h,):
+            raise ValueError(
+                f"bias shapes {self.vbias.shape}, {self.hbias.shape} do not fit W {self.W.shape}"
+            )
+
+    @property
+    def n_visible(self) -> int:
+        return int(self.W.shape[0])
+
+    @property
+    def n_hidden(self) -> int:
+        return int(self.W.shape[1])
+
+    @classmethod
+    def init(
+        cls,
+        n_visible: int,
+        n_hidden: int,
+        rng: np.random.Generator,
+        scale: float = 0.01,
+        vbias: np.ndarray | None = None,
+    ) -> RBMParams:
+        """Small Gaussian weights and zero hidden biases (Hinton's guide, section 8).
+
+        `vbias` may be set from the data, log(p / (1 - p)) of the visible means.
+        """
+        W = (rng.standard_normal((n_visible, n_hidden), dtype=DTYPE) * DTYPE(scale)).astype(DTYPE)
+        vb = np.zeros(n_visible, DTYPE) if vbias is None else np.asarray(vbias, DTYPE).copy()
+        return cls(W, vb, np.zeros(n_hidden, DTYPE))
+
+    def copy(self) -> RBMParams:
+        return RBMParams(self.W.copy(), self.vbias.copy(), self.hbias.copy())
+
+    def zeros_like(self) -> RBMParams:
+        return RBMParams(*(np.zeros_like(a) for a in (self.W, self.vbias, self.hbias)))
+
+    def to_flat(self) -> np.ndarray:
+        """One float32 vector (W row-major, vbias, hbias): the unit Spark ships and averages."""
+        return np.concatenate([self.W.ravel(), self.vbias, self.hbias]).astype(DTYPE, copy=False)
+
+    @classmethod
+    def from_flat(cls, flat: np.ndarray, n_visible: int, n_hidden: int) -> RBMParams:
+        size = n_visible * n_hidden
+        if flat.shape != (size + n_visible + n_hidden,):
+            raise ValueError(f"flat vector {flat.shape} does not fit {n_visible}×{n_hidden}")
+        flat = np.asarray(flat, DTYPE)
+        return cls(
+            flat[:size].reshape(n_visible, n_hidden).copy(),
+            flat[size : size + n_visible].copy(),
+            flat[size + n_visible :].copy(),
+        )
+
+
+@dataclass(frozen=True)
+class CDConfig:
+    """Hyper-parameters of one CD-k epoch."""
+
+    k: int = 1
+    learning_rate: float = 0.1
+    momentum: float = 0.5
+    weight_decay: float = 0.0002
+    batch_size: int = 100
+    visible: Visible = "bernoulli"
+    sample_visible: bool = False
+
+    def __post_init__(self) -> None:
+        checks = {
+            "k": self.k >= 1,
+            "learning_rate": self.learning_rate > 0,
+            "momentum": 0 <= self.momentum < 1,
+            "weight_decay": self.weight_decay >= 0,
+            "batch_size": self.batch_size >= 1,
+            "visible": self.visible in VISIBLE_TYPES,
+        }
+        for name, ok in checks.items():
+            if not ok:
+                raise ValueError(f"invalid CD setting {name}={getattr(self, name)!r}")
+
+
+@dataclass
+class EpochStats:
+    """Sums over the rows of one epoch, so partitions' stats add up exactly."""
+
+    n_rows: int = 0
+    recon_sq_error: float = 0.0
+
+    def add(self, other: EpochStats) -> None:
+        self.n_rows += other.n_rows
+        self.recon_sq_error += other.recon_sq_error
+
+    @property
+    def recon_error(self) -> float:
+        """Mean squared reconstruction error per row (summed over visible units)."""
+        return self.recon_sq_error / self.n_rows if self.n_rows else float("nan")
+
+
+def sigmoid(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """Logistic function in place-friendly form; exp overflow to inf gives the right 0."""
+    out = np.negative(x, out=out)
+    with np.errstate(over="ignore"):
+        np.exp(out, out=out)
+    out += 1
+    np.reciprocal(out, out=out)
+    return out
+
+
+def softplus(x: np.ndarray) -> np.ndarray:
+    """log(1 + e^x) without overflow."""
+    return np.logaddexp(0, x)
+
+
+def hidden_probs(params: RBMParams, v: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """P(h = 1 | v) = sigmoid(v W + c)."""
+    out = np.matmul(v, params.W, out=out)
+    out += params.hbias
+    return sigmoid(out, out=out)
+
+
+def visible_mean(
+    params: RBMParams, h: np.ndarray, visible: Visible, out: np.ndarray | None = None
+) -> np.ndarray:
+    """E[v | h]: sigmoid(h Wᵀ + b) for Bernoulli units, h Wᵀ + b for unit-variance Gaussians."""
+    out = np.matmul(h, params.W.T, out=out)
+    out += params.vbias
+    return sigmoid(out, out=out) if visible == "bernoulli" else out
+
+
+def sample_bernoulli(p: np.ndarray, rng: np.random.Generator, out: np.ndarray) -> np.ndarray:
+    """Binary sample with P(1) = p, into `out` (float32 0/1)."""
+    rng.random(out=out, dtype=DTYPE)
+    np.less(out, p, out=out)
+    return out
+
+
+def sample_visible(
+    mean: np.ndarray, visible: Visible, rng: np.random.Generator, out: np.ndarray
+) -> np.ndarray:
+    if visible == "bernoulli":
+        return sample_bernoulli(mean, rng, out)
+    rng.standard_normal(out=out, dtype=DTYPE)
+    out += mean
+    return out
+
+
+def free_energy(params: RBMParams, v: np.ndarray, visible: Visible) -> np.ndarray:
+    """F(v) with P(v) ∝ exp(-F(v)), per row, in float64 for exact comparisons.
+
+    Bernoulli: -v·b - Σ softplus(vW + c); Gaussian: ½‖v - b‖² - Σ softplus(vW + c).
+    """
+    v64 = np.asarray(v, np.float64)
+    pre = v64 @ params.W.astype(np.float64) + params.hbias
+    hidden_term = softplus(pre).sum(axis=1)
+    b = params.vbias.astype(np.float64)
+    if visible == "bernoulli":
+        return -(v64 @ b) - hidden_term
+    return 0.5 * ((v64 - b) ** 2).sum(axis=1) - hidden_term
+
+
+def reconstruction(params: RBMParams, v: np.ndarray, visible: Visible) -> np.ndarray:
+    """Mean-field reconstruction E[v | P(h | v)]: one deterministic up-down pass."""
+    return visible_mean(params, hidden_probs(params, v), visible)
+
+
+def reconstruction_sq_error(params: RBMParams, v: np.ndarray, visible: Visible) -> float:
+    """Sum over rows and units of (v - reconstruction)², float64 accumulation."""
+    diff = reconstruction(params, v, visible) - v
+    return float(np.einsum("ij,ij->", diff, diff, dtype=np.float64))
+
+
+class _Buffers:
+    """Scratch arrays for one mini-batch size, reused across batches to avoid allocation."""
+
+    def __init__(self, batch: int, n_v: int, n_h: int) -> None:
+        self.h_prob = np.empty((batch, n_h), DTYPE)
+        self.h_sample = np.empty((batch, n_h), DTYPE)
+        self.v_neg = np.empty((batch, n_v), DTYPE)
+        self.v_noise = np.empty((batch, n_v), DTYPE)
+        self.h_neg = np.empty((batch, n_h), DTYPE)
+        self.dW = np.empty((n_v, n_h), DTYPE)
+
+    def view(self, n: int) -> _Buffers:
+        if n == self.h_prob.shape[0]:
+            return self
+        short = object.__new__(_Buffers)
+        for name in ("h_prob", "h_sample", "v_neg", "v_noise", "h_neg"):
+            setattr(short, name, getattr(self, name)[:n])
+        short.dW = self.dW
+        return short
+
+
+def _cd_batch(
+    params: RBMParams,
+    velocity: RBMParams,
+    v0: np.ndarray,
+    cfg: CDConfig,
+    rng: np.random.Generator,
+    buf: _Buffers,
+) -> float:
+    """One CD-k update on a mini-batch; returns its squared reconstruction error sum.
+
+    The chain is v0 → h0 ~ P(h|v0) → v1 → … → vk, with hidden states sampled and visible
+    states either sampled (`sample_visible`) or mean-field (Hinton's rbm.m). Statistics use
+    hidden probabilities, which lowers variance without biasing the CD estimate.
+    """
+    n = v0.shape[0]
+    h0 = hidden_probs(params, v0, out=buf.h_prob)
+    h_state = sample_bernoulli(h0, rng, out=buf.h_sample)
+    recon_err = 0.0
+    for step in range(cfg.k):
+        vk = visible_mean(params, h_state, cfg.visible, out=buf.v_neg)
+        if step == 0:
+            diff = np.subtract(vk, v0, out=buf.v_noise)
+            recon_err = float(np.einsum("ij,ij->", diff, diff, dtype=np.float64))
+        if cfg.sample_visible:
+            vk = sample_visible(vk, cfg.visible, rng, out=buf.v_noise)
+        hk = hidden_probs(params, vk, out=buf.h_neg)
+        if step < cfg.k - 1:
+            h_state = sample_bernoulli(hk, rng, out=buf.h_sample)
+
+    scale = DTYPE(1.0 / n)
+    # dW = (v0ᵀ h0 - vkᵀ hk) / n, written into one buffer without temporaries.
+    dW = np.matmul(v0.T, h0, out=buf.dW)
+    dW -= vk.T @ hk
+    dW *= scale
+    dvb = (v0.sum(axis=0, dtype=DTYPE) - vk.sum(axis=0, dtype=DTYPE)) * scale
+    dhb = (h0.sum(axis=0, dtype=DTYPE) - hk.sum(axis=0, dtype=DTYPE)) * scale
+
+    lr, mom = DTYPE(cfg.learning_rate), DTYPE(cfg.momentum)
+    if cfg.weight_decay:
+        dW -= DTYPE(cfg.weight_decay) * params.W
+    for vel, grad, par in (
+        (velocity.W, dW, params.W),
+        (velocity.vbias, dvb, params.vbias),
+        (velocity.hbias, dhb, params.hbias),
+    ):
+        vel *= mom
+        vel += lr * grad
+        par += vel
+    return recon_err
+
+
+def cd_epoch(
+    params: RBMParams,
+    velocity: RBMParams,
+    X: np.ndarray,
+    cfg: CDConfig,
+    rng: np.random.Generator,
+    shuffle: bool = True,
+) -> EpochStats:
+    """One pass of CD-k mini-batch updates over the rows of X, updating params in place.
+
+    Rows are visited in an order drawn from `rng` (when `shuffle`), so the same generator seed
+    and the same rows give bit-identical parameters. The returned reconstruction error is
+    measured on each mini-batch before its update, at no extra matrix product.
+    """
+    X = np.ascontiguousarray(X, dtype=DTYPE)
+    if X.ndim != 2 or X.shape[1] != params.n_visible:
+        raise ValueError(f"X has shape {X.shape}, expected (rows, {params.n_visible})")
+    n_rows = X.shape[0]
+    stats = EpochStats(n_rows=n_rows)
+    if n_rows == 0:
+        return stats
+    order = rng.permutation(n_rows) if shuffle else None
+    batch = min(cfg.batch_size, n_rows)
+    buf = _Buffers(batch, params.n_visible, params.n_hidden)
+    v0 = np.empty((batch, params.n_visible), DTYPE)
+    for start in range(0, n_rows, batch):
+        stop = min(start + batch, n_rows)
+        if order is None:
+            vb = X[start:stop]
+        else:
+            vb = np.take(X, order[start:stop], axis=0, out=v0[: stop - start])
+        stats.recon_sq_error += _cd_batch(params, velocity, vb, cfg, rng, buf.view(stop - start))
+    return stats
