@@ -1,0 +1,48 @@
+"""Atomic directory commits on the local file system: a reader sees all of a result or none."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from sparkdbn.errors import InputError
+
+IF_EXISTS = ("error", "overwrite")
+
+
+def check_target(path: str | Path, if_exists: str) -> None:
+    """Fail early (before any work) when the output exists and may not be replaced."""
+    if if_exists not in IF_EXISTS:
+        raise InputError(f"--if-exists must be one of {IF_EXISTS}, got {if_exists!r}")
+    if Path(path).exists() and if_exists == "error":
+        raise InputError(f"output {str(path)!r} already exists (use --if-exists overwrite)")
+
+
+@contextmanager
+def atomic_directory(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary sibling directory; on success it replaces `path` in one rename.
+
+    On failure the temporary directory is removed, so a crashed or rejected run never leaves
+    anything that looks like a finished output. An existing `path` is moved aside first and
+    deleted only after the new one is in place.
+    """
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.tmp-{uuid.uuid4().hex[:8]}")
+    tmp.mkdir()
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    old = None
+    if target.exists():
+        old = target.with_name(f".{target.name}.old-{uuid.uuid4().hex[:8]}")
+        os.rename(target, old)
+    os.rename(tmp, target)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
