@@ -1,0 +1,235 @@
+"""Typed training configuration: defaults, then a TOML file, then command-line flags.
+
+TOML keys are the flags' names in snake_case (`--learning-rate` is `learning_rate`). Every value
+is checked here, once, so a bad setting is an `InputError` naming the key before any Spark work.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from sparkdbn.errors import InputError
+
+SCHEDULES = ("sequential", "pipelined", "tied")
+REPRESENTATIONS = ("probabilities", "sample")
+VISIBLE = ("bernoulli", "gaussian")
+
+
+@dataclass
+class TrainConfig:
+    """All settings of a training run; field docs double as the --help texts."""
+
+    train: str | None = field(default=None, metadata={"help": "training data (Parquet path)"})
+    test: str | None = field(default=None, metadata={"help": "held-out data (Parquet path)"})
+    output: str | None = field(default=None, metadata={"help": "output directory"})
+    layers: list[int] = field(
+        default_factory=lambda: [784, 500],
+        metadata={"help": "layer sizes, visible first, e.g. 784,500,500,2000"},
+    )
+    visible: str = field(default="bernoulli", metadata={"help": "bernoulli|gaussian"})
+    epochs: int = field(default=10, metadata={"help": "pretraining epochs per layer"})
+    k: int = field(default=1, metadata={"help": "Gibbs steps of CD-k"})
+    learning_rate: float = field(default=0.1, metadata={"help": "CD learning rate"})
+    momentum: float = field(default=0.5, metadata={"help": "CD momentum"})
+    weight_decay: float = field(default=0.0002, metadata={"help": "L2 weight decay (CD)"})
+    batch_size: int = field(default=100, metadata={"help": "mini-batch rows"})
+    sample_visible: bool = field(
+        default=False, metadata={"help": "sample visible states in the Gibbs chain"}
+    )
+    representation: str = field(
+        default="probabilities",
+        metadata={"help": "what upper layers train on: probabilities|sample"},
+    )
+    schedule: str = field(
+        default="sequential", metadata={"help": "layer schedule: sequential|pipelined|tied"}
+    )
+    start_after: int = field(
+        default=1, metadata={"help": "epochs before a layer publishes its first rough version"}
+    )
+    publish_every: int = field(
+        default=1, metadata={"help": "epochs between a layer's rough versions"}
+    )
+    final_epochs: int = field(
+        default=2, metadata={"help": "epochs an upper layer trains on the final input (at least)"}
+    )
+    store: str | None = field(
+        default=None,
+        metadata={"help": "representation store path (any Hadoop FS); default: inside OUTPUT"},
+    )
+    keep_versions: int = field(default=3, metadata={"help": "versions a store keeps per layer"})
+    finetune_epochs: int = field(
+        default=0, metadata={"help": "backprop fine-tuning epochs (0: pretraining only)"}
+    )
+    finetune_learning_rate: float = field(default=0.1, metadata={"help": "fine-tuning SGD rate"})
+    finetune_momentum: float = field(default=0.9, metadata={"help": "fine-tuning momentum"})
+    finetune_weight_decay: float = field(
+        default=1e-5, metadata={"help": "fine-tuning L2 weight decay"}
+    )
+    finetune_batch_size: int = field(default=100, metadata={"help": "fine-tuning mini-batch"})
+    finetune_lr_decay: float = field(
+        default=1.0, metadata={"help": "fine-tuning learning rate factor per epoch"}
+    )
+    n_classes: int | None = field(
+        default=None, metadata={"help": "output classes (default: largest label + 1)"}
+    )
+    baseline: bool = field(
+        default=False,
+        metadata={"help": "also fine-tune the same net from random weights, for comparison"},
+    )
+    seed: int = field(default=0, metadata={"help": "random seed"})
+    partitions: int | None = field(
+        default=None, metadata={"help": "repartition the training data into N partitions"}
+    )
+    features_col: str = field(default="features", metadata={"help": "features column"})
+    label_col: str = field(default="label", metadata={"help": "label column"})
+    if_exists: str = field(default="error", metadata={"help": "existing output: error|overwrite"})
+
+    def validate(self) -> TrainConfig:
+        positive = (
+            "epochs", "k", "learning_rate", "batch_size", "start_after", "publish_every",
+            "final_epochs", "keep_versions", "finetune_learning_rate", "finetune_batch_size",
+            "finetune_lr_decay",
+        )
+        for name in positive:
+            if getattr(self, name) <= 0:
+                raise InputError(f"config {name} must be > 0, got {getattr(self, name)!r}")
+        for name in ("momentum", "finetune_momentum"):
+            if not 0 <= getattr(self, name) < 1:
+                raise InputError(f"config {name} must be in [0, 1), got {getattr(self, name)!r}")
+        for name in ("weight_decay", "finetune_weight_decay", "finetune_epochs"):
+            if getattr(self, name) < 0:
+                raise InputError(f"config {name} must be >= 0, got {getattr(self, name)!r}")
+        if self.n_classes is not None and self.n_classes < 2:
+            raise InputError(f"config n_classes must be >= 2, got {self.n_classes!r}")
+        if self.partitions is not None and self.partitions <= 0:
+            raise InputError(f"config partitions must be > 0, got {self.partitions!r}")
+        if len(self.layers) < 2 or any(n <= 0 for n in self.layers):
+            raise InputError(
+                f"config layers must list at least two positive sizes, got {self.layers!r}"
+            )
+        choices = (
+            ("visible", VISIBLE),
+            ("representation", REPRESENTATIONS),
+            ("schedule", SCHEDULES),
+            ("if_exists", ("error", "overwrite")),
+        )
+        for name, allowed in choices:
+            if getattr(self, name) not in allowed:
+                raise InputError(
+                    f"config {name} must be one of {'|'.join(allowed)}, got {getattr(self, name)!r}"
+                )
+        if self.schedule != "sequential" and self.final_epochs > self.epochs:
+            raise InputError(
+                f"config final_epochs ({self.final_epochs}) must not exceed epochs ({self.epochs})"
+            )
+        if self.schedule == "tied":
+            tie_plan(self.layers)
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _base_type(annotation: Any) -> type:
+    """`int | None` → int, `list[int]` → list; the annotations here are strings (PEP 563)."""
+    hint = typing.get_type_hints(TrainConfig)[annotation]
+    if isinstance(hint, types.UnionType):
+        hint = next(a for a in typing.get_args(hint) if a is not type(None))
+    return typing.get_origin(hint) or hint
+
+
+def coerce(key: str, value: Any) -> Any:
+    """Check (and for ints in float fields, widen) one value against the field's type."""
+    names = {f.name for f in fields(TrainConfig)}
+    if key not in names:
+        raise InputError(f"unknown config key {key!r}; known keys are {sorted(names)}")
+    base = _base_type(key)
+    if base is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if base is list:
+        if isinstance(value, str):
+            value = parse_sizes(key, value)
+        if not isinstance(value, list) or not all(
+            isinstance(v, int) and not isinstance(v, bool) for v in value
+        ):
+            raise InputError(f"config {key} must be a list of integers, got {value!r}")
+        return value
+    if not isinstance(value, base) or (base is int and isinstance(value, bool)):
+        raise InputError(f"config {key} must be {base.__name__}, got {value!r}")
+    return value
+
+
+def parse_sizes(key: str, text: str) -> list[int]:
+    try:
+        return [int(part) for part in text.split(",") if part.strip()]
+    except ValueError as err:
+        raise InputError(f"{key} must be comma-separated integers, got {text!r}") from err
+
+
+def read_toml(path: str | Path) -> dict[str, Any]:
+    file = Path(path)
+    if not file.is_file():
+        raise InputError(f"config file {str(file)!r} does not exist")
+    try:
+        return tomllib.loads(file.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
+        raise InputError(f"config file {str(file)!r} is not valid TOML: {err}") from err
+
+
+def load_config(path: str | Path | None, overrides: dict[str, Any]) -> TrainConfig:
+    """Defaults ← TOML file ← overrides (flags that were given; None means not given)."""
+    values: dict[str, Any] = {}
+    if path is not None:
+        values.update({k: coerce(k, v) for k, v in read_toml(path).items()})
+    values.update({k: coerce(k, v) for k, v in overrides.items() if v is not None})
+    return TrainConfig(**values).validate()
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """One flag per config field; every default is None so the TOML file can fill it."""
+    parser.add_argument("--config", help="TOML file whose keys are these flags in snake_case")
+    for f in fields(TrainConfig):
+        flag = "--" + f.name.replace("_", "-")
+        base = _base_type(f.name)
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        help_text = f"{f.metadata.get('help', '')} (default: {_show(default)})"
+        if base is bool:
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, help=help_text)
+        else:
+            kind = str if base is list else base
+            parser.add_argument(flag, type=kind, help=help_text, metavar=f.name.upper())
+
+
+def _show(value: Any) -> str:
+    return ",".join(map(str, value)) if isinstance(value, list) else str(value)
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    overrides = {f.name: getattr(args, f.name) for f in fields(TrainConfig)}
+    return load_config(args.config, overrides)
+
+
+def tie_plan(layers: list[int]) -> list[str]:
+    """How each upper layer's weights start under the tied schedule: "W" or "WT" of the layer
+    below (ParDBN's note W² = W³ = W¹). A layer whose shape fits neither is a config error."""
+    plan = []
+    for i in range(1, len(layers) - 1):
+        below, shape = (layers[i - 1], layers[i]), (layers[i], layers[i + 1])
+        if shape == below:
+            plan.append("W")
+        elif shape == below[::-1]:
+            plan.append("WT")
+        else:
+            raise InputError(
+                f"schedule tied: layer {i} is {shape[0]}x{shape[1]} but layer {i - 1} is "
+                f"{below[0]}x{below[1]}; tying needs the same shape (W) or its transpose (W^T), "
+                "e.g. layers 784,500,500,500 does not tie but 784,500,784 or 500,500,500 does"
+            )
+    return plan

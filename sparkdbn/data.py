@@ -1,0 +1,277 @@
+"""Training data: check the user's columns once, then cache them packed for fast epochs.
+
+`prepare` turns a DataFrame (or Parquet path) with a features column of `array<float>`,
+`array<double>` or pyspark.ml Vector into a cached DataFrame of `id`, optional `label`, and `x`
+(each row's float32 values as one binary value, see `sparkdbn.columns`). It reads the source
+once, validates the cached copy in one more pass, and raises `InputError` naming the column, an
+example row id and the offending value before anything is trained or written.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+from pyspark import StorageLevel
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+
+from sparkdbn.columns import features_to_numpy, pack_rows, unpack_rows
+from sparkdbn.errors import InputError
+
+INTEGER_TYPES = (T.ByteType, T.ShortType, T.IntegerType, T.LongType)
+PACKED_ID = "id"
+PACKED_LABEL = "label"
+PACKED_X = "x"
+# One summary row per partition; widths -1 mean a null features value.
+_CHECK_SCHEMA = (
+    "part int, n long, min_width int, max_width int, null_id long, ragged_id long, "
+    "ragged_width int, bad_id long, bad_value double, bad_pos int, null_label_id long, "
+    "neg_label_id long, neg_label long, max_label long"
+)
+
+
+@dataclass
+class PackedData:
+    """A cached, validated training set: `id`, `label` (if any), packed `x` and its width `w`.
+
+    `partitions` counts the non-empty partitions, which bounds the averaging's reduce groups.
+    """
+
+    df: DataFrame
+    width: int
+    n_rows: int
+    partitions: int
+    has_label: bool
+    max_label: int | None = None
+
+    def unpersist(self) -> None:
+        self.df.unpersist()
+
+
+def read_source(spark: SparkSession, source: str | DataFrame) -> DataFrame:
+    """A DataFrame as is, or a Parquet path read with a clear error when it is missing."""
+    if isinstance(source, DataFrame):
+        return source
+    try:
+        return spark.read.parquet(source)
+    except Exception as err:  # AnalysisException and friends, classic or Connect
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise InputError(f"cannot read Parquet data at {source!r}: {first}") from err
+
+
+def _check_schema(df: DataFrame, features_col: str, label_col: str, require_label: bool) -> bool:
+    fields = {f.name: f.dataType for f in df.schema.fields}
+    if features_col not in fields:
+        raise InputError(
+            f"features column {features_col!r} not found; columns are {sorted(fields)}"
+        )
+    ftype = fields[features_col]
+    is_vector = ftype.typeName() == "vector" or type(ftype).__name__ == "VectorUDT"
+    is_array = isinstance(ftype, T.ArrayType) and isinstance(
+        ftype.elementType, T.FloatType | T.DoubleType
+    )
+    if not (is_vector or is_array):
+        raise InputError(
+            f"features column {features_col!r} has type {ftype.simpleString()}; expected "
+            "array<float>, array<double> or a pyspark.ml Vector"
+        )
+    if label_col not in fields:
+        if require_label:
+            raise InputError(f"label column {label_col!r} not found; columns are {sorted(fields)}")
+        return False
+    if not isinstance(fields[label_col], INTEGER_TYPES):
+        raise InputError(
+            f"label column {label_col!r} has type {fields[label_col].simpleString()}; "
+            "expected an integer type"
+        )
+    return True
+
+
+def _pack_batches(features_col: str, label_col: str | None):
+    def pack(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        for batch in batches:
+            X, widths = features_to_numpy(batch.column(features_col))
+            columns = {
+                PACKED_ID: batch.column(PACKED_ID),
+                "w": pa.array(widths.astype(np.int32)),
+                PACKED_X: pack_rows(X),
+            }
+            if label_col is not None:
+                columns[PACKED_LABEL] = batch.column(label_col).cast(pa.int64())
+            yield pa.RecordBatch.from_pydict(columns)
+
+    return pack
+
+
+def _check_batches(bernoulli: bool, has_label: bool):
+    def first(ids: np.ndarray, mask: np.ndarray) -> int | None:
+        hits = np.flatnonzero(mask)
+        return int(ids[hits[0]]) if hits.size else None
+
+    def check(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        from pyspark import TaskContext
+
+        part = TaskContext.get().partitionId()
+        for batch in batches:
+            ids = batch.column(PACKED_ID).to_numpy()
+            widths = batch.column("w").to_numpy()
+            valid = widths[widths >= 0]
+            width = int(valid.max()) if valid.size else 0
+            row = {
+                "part": part,
+                "n": batch.num_rows,
+                "min_width": int(widths.min()),
+                "max_width": int(widths.max()),
+                "null_id": first(ids, widths < 0),
+                "ragged_id": None,
+                "ragged_width": None,
+                "bad_id": None,
+                "bad_value": None,
+                "bad_pos": None,
+                "null_label_id": None,
+                "neg_label_id": None,
+                "neg_label": None,
+                "max_label": None,
+            }
+            ragged = (widths >= 0) & (widths != width)
+            if ragged.any():
+                i = int(np.flatnonzero(ragged)[0])
+                row.update(ragged_id=int(ids[i]), ragged_width=int(widths[i]))
+            if width and row["null_id"] is None and row["ragged_id"] is None:
+                X = unpack_rows(batch.column(PACKED_X), width)
+                bad = ~np.isfinite(X)
+                if bernoulli:
+                    bad |= (X < 0) | (X > 1)
+                rows = bad.any(axis=1)
+                if rows.any():
+                    i = int(np.flatnonzero(rows)[0])
+                    pos = int(np.flatnonzero(bad[i])[0])
+                    row.update(bad_id=int(ids[i]), bad_value=float(X[i, pos]), bad_pos=pos)
+            if has_label:
+                labels = batch.column(PACKED_LABEL)
+                nulls = labels.is_null().to_numpy(zero_copy_only=False)
+                row["null_label_id"] = first(ids, nulls)
+                values = labels.fill_null(0).to_numpy()
+                row["max_label"] = int(values.max()) if values.size else None
+                if (values < 0).any():
+                    i = int(np.flatnonzero(values < 0)[0])
+                    row.update(neg_label_id=int(ids[i]), neg_label=int(values[i]))
+            yield pa.RecordBatch.from_pylist([row], schema=_check_arrow_schema())
+
+    return check
+
+
+def _check_arrow_schema() -> pa.Schema:
+    types = {"long": pa.int64(), "int": pa.int32(), "double": pa.float64()}
+    fields = [part.strip().split(" ") for part in _CHECK_SCHEMA.split(",")]
+    return pa.schema([(name, types[kind]) for name, kind in fields])
+
+
+def _raise_first_problem(
+    rows: list, features_col: str, label_col: str, bernoulli: bool
+) -> int | None:
+    """Raise InputError for the first problem any partition found.
+
+    Returns the common width, or None when partitions disagree on it (each one is consistent
+    inside, so the caller looks for an example row across partitions).
+    """
+    n = sum(r["n"] for r in rows)
+    if n == 0:
+        raise InputError(f"the training data has no rows (features column {features_col!r})")
+    for r in rows:
+        if r["null_id"] is not None:
+            raise InputError(f"column {features_col!r}, row id {r['null_id']}: features are null")
+    widths = {r["max_width"] for r in rows} | {r["min_width"] for r in rows}
+    for r in rows:
+        if r["ragged_id"] is not None:
+            raise InputError(
+                f"column {features_col!r}, row id {r['ragged_id']}: ragged rows, "
+                f"{r['ragged_width']} values where other rows have {max(widths)}"
+            )
+    width = widths.pop() if len(widths) == 1 else None
+    if width is None:
+        return None
+    if width == 0:
+        raise InputError(f"column {features_col!r}: feature vectors are empty")
+    for r in rows:
+        if r["bad_id"] is not None:
+            value = r["bad_value"]
+            why = "not finite" if not np.isfinite(value) else "outside [0, 1]"
+            hint = (
+                "; Bernoulli visible units need data in [0, 1] (use --visible gaussian for "
+                "standardized real values)"
+                if bernoulli and np.isfinite(value)
+                else ""
+            )
+            raise InputError(
+                f"column {features_col!r}, row id {r['bad_id']}: value {value} at position "
+                f"{r['bad_pos']} is {why}{hint}"
+            )
+    for r in rows:
+        if r["null_label_id"] is not None:
+            raise InputError(f"column {label_col!r}, row id {r['null_label_id']}: label is null")
+        if r["neg_label_id"] is not None:
+            raise InputError(
+                f"column {label_col!r}, row id {r['neg_label_id']}: label {r['neg_label']} "
+                "is negative"
+            )
+    return width
+
+
+def _raise_ragged_across_partitions(packed: DataFrame, features_col: str) -> None:
+    first = packed.select("id", "w").orderBy("id").first()
+    other = packed.filter(F.col("w") != first["w"]).select("id", "w").orderBy("id").first()
+    raise InputError(
+        f"column {features_col!r}, row id {other['id']}: ragged rows, {other['w']} values where "
+        f"row id {first['id']} has {first['w']}"
+    )
+
+
+def prepare(
+    spark: SparkSession,
+    source: str | DataFrame,
+    features_col: str = "features",
+    label_col: str = "label",
+    visible: str = "bernoulli",
+    partitions: int | None = None,
+    require_label: bool = False,
+) -> PackedData:
+    """Validate and cache a training set; nothing is written anywhere."""
+    df = read_source(spark, source)
+    has_label = _check_schema(df, features_col, label_col, require_label)
+    id_field = next((f for f in df.schema.fields if f.name == PACKED_ID), None)
+    if id_field is None or not isinstance(id_field.dataType, INTEGER_TYPES):
+        df = df.withColumn(PACKED_ID, F.monotonically_increasing_id())
+    else:
+        df = df.withColumn(PACKED_ID, F.col(PACKED_ID).cast("long"))
+    columns = [PACKED_ID, features_col] + ([label_col] if has_label else [])
+    df = df.select(*columns)
+    if partitions is not None:
+        # Hash of the id, then id order inside each partition: the same rows land in the same
+        # order on every run, whatever order the shuffle fetched them in.
+        df = df.repartition(partitions, PACKED_ID).sortWithinPartitions(PACKED_ID)
+    out_schema = "id long, w int, x binary" + (", label long" if has_label else "")
+    packed = df.mapInArrow(
+        _pack_batches(features_col, label_col if has_label else None), out_schema
+    ).persist(StorageLevel.MEMORY_AND_DISK)
+    bernoulli = visible == "bernoulli"
+    rows = packed.mapInArrow(_check_batches(bernoulli, has_label), _CHECK_SCHEMA).collect()
+    try:
+        width = _raise_first_problem(rows, features_col, label_col, bernoulli)
+        if width is None:
+            _raise_ragged_across_partitions(packed, features_col)
+    except InputError:
+        packed.unpersist()
+        raise
+    return PackedData(
+        df=packed,
+        width=width,
+        n_rows=sum(r["n"] for r in rows),
+        partitions=len({r["part"] for r in rows}),
+        has_label=has_label,
+        max_label=max((r["max_label"] for r in rows if r["max_label"] is not None), default=None),
+    )

@@ -1,0 +1,1 @@
+"""Spark side of sparkdbn: averaging rounds, layer trainers, schedules and fine-tuning."""

@@ -1,0 +1,56 @@
+"""Greedy layer-wise pretraining of a DBN: the sequential schedule."""
+
+from __future__ import annotations
+
+import numpy as np
+from pyspark.sql import SparkSession
+
+from sparkdbn.config import TrainConfig
+from sparkdbn.data import PackedData
+from sparkdbn.engine.rbm_trainer import LayerTrainer
+from sparkdbn.engine.representation import transform_cached
+from sparkdbn.kernels.rbm import CDConfig, RBMParams
+from sparkdbn.metrics import RunLog
+from sparkdbn.model import DBNModel
+
+
+def cd_config(cfg: TrainConfig, layer: int) -> CDConfig:
+    """Layer 0 sees the data's unit type; upper layers see Bernoulli hidden units below."""
+    return CDConfig(
+        k=cfg.k,
+        learning_rate=cfg.learning_rate,
+        momentum=cfg.momentum,
+        weight_decay=cfg.weight_decay,
+        batch_size=cfg.batch_size,
+        visible=cfg.visible if layer == 0 else "bernoulli",
+        sample_visible=cfg.sample_visible,
+    )
+
+
+def initial_params(cfg: TrainConfig, layer: int) -> RBMParams:
+    rng = np.random.default_rng([cfg.seed, layer])
+    return RBMParams.init(cfg.layers[layer], cfg.layers[layer + 1], rng)
+
+
+def pretrain_sequential(
+    spark: SparkSession, data: PackedData, cfg: TrainConfig, run: RunLog
+) -> DBNModel:
+    """Train layer 0 to the end, hand its representation to layer 1, and so on."""
+    layers: list[RBMParams] = []
+    current = data
+    for layer in range(len(cfg.layers) - 1):
+        trainer = LayerTrainer(
+            spark, layer, initial_params(cfg, layer), cd_config(cfg, layer), cfg.seed,
+            cfg.epochs, run,
+        )
+        while not trainer.done:
+            trainer.train_epoch(current)
+        layers.append(trainer.params)
+        if layer + 1 < len(cfg.layers) - 1:
+            upper = transform_cached(current, trainer.params, cfg.representation, (cfg.seed, layer))
+            if current is not data:
+                current.unpersist()
+            current = upper
+    if current is not data:
+        current.unpersist()
+    return DBNModel(layers, cfg.visible, cfg.to_dict())

@@ -1,0 +1,104 @@
+"""Train one RBM layer, one averaging round per epoch, on whatever input the schedule gives."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pyarrow as pa
+from pyspark.sql import SparkSession
+
+from sparkdbn.columns import unpack_rows
+from sparkdbn.data import PACKED_X, PackedData
+from sparkdbn.engine.averaging import PartitionStep, StepResult, average_round
+from sparkdbn.engine.jobinfo import described
+from sparkdbn.kernels.rbm import CDConfig, RBMParams, cd_epoch
+from sparkdbn.metrics import EpochRecord, LayerLog, RunLog
+
+
+def rbm_step(n_visible: int, n_hidden: int, cfg: CDConfig) -> PartitionStep:
+    """The per-partition work of one epoch: CD-k over all the partition's rows.
+
+    The state is [parameters, momentum buffers], so momentum is averaged like the weights.
+    """
+    size = n_visible * n_hidden + n_visible + n_hidden
+
+    def step(table: pa.Table, state: np.ndarray, rng: np.random.Generator) -> StepResult:
+        X = unpack_rows(table.column(PACKED_X), n_visible)
+        params = RBMParams.from_flat(state[:size], n_visible, n_hidden)
+        velocity = RBMParams.from_flat(state[size:], n_visible, n_hidden)
+        stats = cd_epoch(params, velocity, X, cfg, rng)
+        new_state = np.concatenate([params.to_flat(), velocity.to_flat()])
+        return new_state, stats.n_rows, np.array([stats.recon_sq_error])
+
+    return step
+
+
+class LayerTrainer:
+    """State and epoch loop of one layer; the schedule decides which data each epoch sees."""
+
+    def __init__(
+        self,
+        spark: SparkSession,
+        layer: int,
+        params: RBMParams,
+        cfg: CDConfig,
+        seed: int,
+        epochs: int,
+        run: RunLog,
+        pool: str | None = None,
+    ) -> None:
+        self.spark = spark
+        self.layer = layer
+        self.cfg = cfg
+        self.seed = seed
+        self.epochs = epochs
+        self.run = run
+        self.pool = pool
+        self.n_visible, self.n_hidden = params.n_visible, params.n_hidden
+        self.state = np.concatenate([params.to_flat(), params.zeros_like().to_flat()])
+        self.epoch = 0
+        self.log: LayerLog = run.layer(layer, self.n_visible, self.n_hidden)
+        self._step = rbm_step(self.n_visible, self.n_hidden, cfg)
+
+    @property
+    def params(self) -> RBMParams:
+        size = self.n_visible * self.n_hidden + self.n_visible + self.n_hidden
+        return RBMParams.from_flat(self.state[:size], self.n_visible, self.n_hidden)
+
+    @property
+    def done(self) -> bool:
+        return self.epoch >= self.epochs
+
+    def train_epoch(self, data: PackedData, version: int | None = None) -> EpochRecord:
+        """One epoch over `data` (seeded by seed, layer, epoch and partition)."""
+        if data.width != self.n_visible:
+            raise ValueError(
+                f"layer {self.layer} expects {self.n_visible} inputs, got {data.width}"
+            )
+        if self.log.started_at is None:
+            self.log.started_at = self.run.now()
+        start = time.perf_counter()
+        text = f"layer {self.layer} · epoch {self.epoch + 1}"
+        with described(self.spark, text, self.pool):
+            result = average_round(
+                data.df.select(PACKED_X),
+                self.state,
+                self._step,
+                (self.seed, self.layer, self.epoch),
+                data.partitions,
+            )
+        seconds = time.perf_counter() - start
+        self.state = result.state
+        record = EpochRecord(
+            epoch=self.epoch,
+            recon_error=float(result.sums[0] / result.n_rows),
+            seconds=round(seconds, 4),
+            rows_per_second=round(result.n_rows / seconds, 1),
+            input_version=version,
+        )
+        self.run.record_epoch(self.log, record, self.epochs)
+        self.epoch += 1
+        if self.done:
+            self.log.finished_at = self.run.now()
+        return record

@@ -1,0 +1,57 @@
+"""Hidden representations of a whole training set: the next layer's input."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import pyarrow as pa
+from pyspark import StorageLevel
+from pyspark.sql import DataFrame
+
+from sparkdbn.columns import pack_rows, unpack_rows
+from sparkdbn.config import REPRESENTATIONS
+from sparkdbn.data import PACKED_ID, PACKED_LABEL, PACKED_X, PackedData
+from sparkdbn.kernels.rbm import DTYPE, RBMParams, hidden_probs, sample_bernoulli
+
+
+def _transform_batches(params: RBMParams, mode: str, seed_key: tuple[int, ...]):
+    def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        from pyspark import TaskContext
+
+        rng = np.random.default_rng([*seed_key, TaskContext.get().partitionId()])
+        for batch in batches:
+            X = unpack_rows(batch.column(PACKED_X), params.n_visible)
+            H = hidden_probs(params, X)
+            if mode == "sample":
+                H = sample_bernoulli(H, rng, out=np.empty_like(H, dtype=DTYPE))
+            columns = {name: batch.column(name) for name in batch.schema.names}
+            columns[PACKED_X] = pack_rows(H)
+            yield pa.RecordBatch.from_pydict(columns)
+
+    return run
+
+
+def hidden_frame(
+    df: DataFrame, params: RBMParams, mode: str, seed_key: tuple[int, ...]
+) -> DataFrame:
+    """`df` (id, x[, label]) with x replaced by the layer's hidden probabilities or samples.
+
+    Samples are drawn from a generator seeded by (seed key, partition), so they repeat.
+    """
+    if mode not in REPRESENTATIONS:
+        raise ValueError(f"representation must be one of {REPRESENTATIONS}, got {mode!r}")
+    keep = [c for c in (PACKED_ID, PACKED_X, PACKED_LABEL) if c in df.columns]
+    df = df.select(*keep)
+    return df.mapInArrow(_transform_batches(params, mode, seed_key), df.schema)
+
+
+def transform_cached(
+    data: PackedData, params: RBMParams, mode: str, seed_key: tuple[int, ...]
+) -> PackedData:
+    """The next layer's training set, cached in Spark (the sequential schedule's hand-off)."""
+    out = hidden_frame(data.df, params, mode, seed_key).persist(StorageLevel.MEMORY_AND_DISK)
+    n_rows = out.count()
+    return PackedData(
+        out, params.n_hidden, n_rows, data.partitions, data.has_label, data.max_label
+    )

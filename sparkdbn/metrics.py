@@ -1,0 +1,101 @@
+"""Training records: per-epoch metrics, per-layer timings, metrics.json and progress lines."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from typing import Any, TextIO
+
+
+@dataclass
+class EpochRecord:
+    epoch: int
+    recon_error: float
+    seconds: float
+    rows_per_second: float
+    input_version: int | None = None
+
+
+@dataclass
+class LayerLog:
+    """One layer's timeline; times are seconds since the run started (for Gantt charts)."""
+
+    layer: int
+    n_visible: int
+    n_hidden: int
+    started_at: float | None = None
+    finished_at: float | None = None
+    epochs: list[EpochRecord] = field(default_factory=list)
+
+
+class RunLog:
+    """Everything metrics.json holds, filled in as the run goes."""
+
+    def __init__(self, schedule: str, out: TextIO | None = None) -> None:
+        self.schedule = schedule
+        self.started = time.time()
+        self.started_iso = datetime.now(UTC).isoformat(timespec="seconds")
+        self.layers: list[LayerLog] = []
+        self.extra: dict[str, Any] = {}
+        self.out = out if out is not None else sys.stdout
+
+    def now(self) -> float:
+        return round(time.time() - self.started, 3)
+
+    def layer(self, layer: int, n_visible: int, n_hidden: int) -> LayerLog:
+        log = LayerLog(layer, n_visible, n_hidden)
+        self.layers.append(log)
+        return log
+
+    def record_epoch(self, log: LayerLog, record: EpochRecord, total_epochs: int) -> None:
+        log.epochs.append(record)
+        self.say(progress_line(log.layer, record, total_epochs))
+
+    def to_dict(self) -> dict[str, Any]:
+        ends = [lg.finished_at for lg in self.layers if lg.finished_at is not None]
+        return {
+            "schedule": self.schedule,
+            "run_started_at": self.started_iso,
+            "layers": [asdict(lg) for lg in self.layers],
+            "makespan_seconds": max(ends) if ends else None,
+            **self.extra,
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2) + "\n"
+
+    def say(self, line: str) -> None:
+        self.out.write(line + "\n")
+        self.out.flush()
+
+
+def progress_line(layer: int, record: EpochRecord, total_epochs: int) -> str:
+    """One human line per epoch: what, how good, how fast, how long to go."""
+    left = max(total_epochs - record.epoch - 1, 0) * record.seconds
+    version = "" if record.input_version is None else f" · input v{record.input_version}"
+    recon = "nan" if math.isnan(record.recon_error) else f"{record.recon_error:.4f}"
+    return (
+        f"layer {layer} · epoch {record.epoch + 1}/{total_epochs} · recon {recon} · "
+        f"{record.seconds:.2f} s · {record.rows_per_second:,.0f} rows/s · ETA {left:.0f} s"
+        f"{version}"
+    )
+
+
+def gantt(run: RunLog, width: int = 50) -> str:
+    """A text Gantt chart of the layers' training spans, for the end-of-run summary."""
+    spans = sorted((lg.layer, lg.started_at, lg.finished_at) for lg in run.layers)
+    end = max((f for _, _, f in spans if f is not None), default=0.0) or 1.0
+    lines = [f"schedule {run.schedule}, makespan {end:.1f} s"]
+    for layer, start, finish in spans:
+        if start is None or finish is None:
+            lines.append(f"layer {layer} | (did not run)")
+            continue
+        a = int(round(start / end * width))
+        b = max(int(round(finish / end * width)), a + 1)
+        bar = " " * a + "█" * (b - a) + " " * (width - b)
+        lines.append(f"layer {layer} |{bar}| {start:7.1f} – {finish:7.1f} s")
+    return "\n".join(lines)
