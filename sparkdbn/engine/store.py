@@ -1,0 +1,428 @@
+"""Versioned, atomically committed representations of one layer: ParDBN's hand-off between layers.
+
+Layout under the store's base path (any Hadoop file system, or a local path under Connect)::
+
+    BASE/v-000001/              Parquet written by Spark (id, x[, label])
+    BASE/_versions/v-000001.json  marker: the one atomic step that makes version 1 visible
+    BASE/_versions/FINAL.json     the writer's last version: no newer one will come
+    BASE/_leases/v-000001.READER  a reader is using version 1; garbage collection keeps it
+
+Readers only list `_versions/`, so a version whose write is running, failed or was killed (a
+`v-…` directory without a marker) is never seen. The marker is written after Spark's write has
+finished and the written files have been read back for their row count and checksum, so it
+describes exactly what a reader will get. Directory names are never reused: a killed job's
+executors might still be writing into its directory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import shutil
+import socket
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from urllib.parse import urlparse
+
+import numpy as np
+import pyarrow as pa
+from pyspark import StorageLevel
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import types as T
+
+from sparkdbn.columns import unpack_rows
+from sparkdbn.data import PACKED_ID, PACKED_LABEL, PACKED_X, PackedData
+
+VERSIONS_DIR = "_versions"
+LEASES_DIR = "_leases"
+FINAL_MARKER = "FINAL.json"
+_DATA_NAME = re.compile(r"^v-(\d+)$")
+_MARKER_NAME = re.compile(r"^v-(\d+)\.json$")
+_READER_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
+# Checksum resolution: every value is rounded to a multiple of 2**-20 and the rounded values are
+# added as integers, so the sum is exact and independent of partitioning and batch order.
+_CHECKSUM_SCALE = 2**20
+_STATS_SCHEMA = "n long, total long"
+
+
+@dataclass(frozen=True)
+class Version:
+    """One committed version, as its marker describes it."""
+
+    number: int
+    path: str
+    n_rows: int
+    width: int
+    checksum: float
+    created_at: float
+    meta: dict = field(default_factory=dict, hash=False)
+    writer: str = ""
+
+
+class CorruptVersionError(OSError):
+    """A version's Parquet data no longer matches its marker (row count or checksum)."""
+
+
+class _LocalFS:
+    """Plain-Python file system for local paths and file: URIs (works without a JVM)."""
+
+    @staticmethod
+    def _os(path: str) -> str:
+        return urlparse(path).path if path.startswith("file:") else path
+
+    def list(self, path: str) -> list[str]:
+        try:
+            return os.listdir(self._os(path))
+        except FileNotFoundError:
+            return []
+
+    def exists(self, path: str) -> bool:
+        return os.path.exists(self._os(path))
+
+    def write_bytes(self, path: str, data: bytes) -> None:
+        """Write a temporary sibling, then rename it over `path` (atomic on POSIX)."""
+        target = self._os(path)
+        parent, name = os.path.split(target)
+        os.makedirs(parent, exist_ok=True)
+        tmp = os.path.join(parent, f".{name}.tmp-{uuid.uuid4().hex[:8]}")
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+
+    def read_bytes(self, path: str) -> bytes:
+        with open(self._os(path), "rb") as f:
+            return f.read()
+
+    def delete(self, path: str, recursive: bool = False) -> None:
+        target = self._os(path)
+        if recursive and os.path.isdir(target):
+            shutil.rmtree(target, ignore_errors=True)
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(target)
+
+
+class _HadoopFS:
+    """Hadoop FileSystem through py4j: HDFS, S3A, ABFS, DBFS… whatever the cluster can read."""
+
+    def __init__(self, spark: SparkSession, base: str) -> None:
+        self._jvm = spark._jvm
+        self._fs = self._path(base).getFileSystem(spark._jsc.hadoopConfiguration())
+
+    def _path(self, path: str):
+        return self._jvm.org.apache.hadoop.fs.Path(path)
+
+    def list(self, path: str) -> list[str]:
+        p = self._path(path)
+        if not self._fs.exists(p):
+            return []
+        return [status.getPath().getName() for status in self._fs.listStatus(p)]
+
+    def exists(self, path: str) -> bool:
+        return bool(self._fs.exists(self._path(path)))
+
+    def write_bytes(self, path: str, data: bytes) -> None:
+        """Write a temporary sibling, then rename it to `path` (replacing an existing file).
+
+        On object stores the rename is a copy of one small file, which is still all-or-nothing.
+        """
+        target = self._path(path)
+        name = f".{target.getName()}.tmp-{uuid.uuid4().hex[:8]}"
+        tmp = self._path(f"{target.getParent().toString()}/{name}")
+        out = self._fs.create(tmp, False)
+        try:
+            out.write(bytearray(data))
+        finally:
+            out.close()
+        if not self._fs.rename(tmp, target):
+            self._fs.delete(target, False)
+            if not self._fs.rename(tmp, target):
+                self._fs.delete(tmp, False)
+                raise OSError(f"cannot rename {tmp.toString()} to {path}")
+
+    def read_bytes(self, path: str) -> bytes:
+        from py4j.protocol import Py4JJavaError
+
+        try:
+            stream = self._fs.open(self._path(path))
+        except Py4JJavaError as err:
+            missing = self._jvm.java.lang.Class.forName("java.io.FileNotFoundException")
+            if missing.isInstance(err.java_exception):
+                raise FileNotFoundError(path) from None
+            raise
+        try:
+            return bytes(stream.readAllBytes())
+        finally:
+            stream.close()
+
+    def delete(self, path: str, recursive: bool = False) -> None:
+        self._fs.delete(self._path(path), recursive)
+
+
+def _filesystem(spark: SparkSession, base: str) -> _LocalFS | _HadoopFS:
+    """Hadoop where a JVM is at hand (it also resolves scheme-less paths against fs.defaultFS);
+    plain Python for local paths under Spark Connect, which has no JVM on the client."""
+    if getattr(spark, "_jsc", None) is not None:
+        return _HadoopFS(spark, base)
+    if urlparse(base).scheme in ("", "file"):
+        return _LocalFS()
+    raise ValueError(
+        f"representation store {base!r}: without a SparkContext (Spark Connect) only local "
+        "paths and file: URIs are supported; use a path the client and the cluster share, "
+        "such as /Volumes/… on Databricks"
+    )
+
+
+def _stats_batches(width: int):
+    """Per non-empty partition: its row count and the exact integer sum of its rounded values."""
+
+    def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        n, total = 0, 0
+        for batch in batches:
+            X = unpack_rows(batch.column(PACKED_X), width)
+            n += X.shape[0]
+            total += int(np.rint(X * np.float32(_CHECKSUM_SCALE)).sum(dtype=np.int64))
+        if n:
+            yield pa.RecordBatch.from_pydict(
+                {"n": pa.array([n], pa.int64()), "total": pa.array([total], pa.int64())}
+            )
+
+    return run
+
+
+def _stats(df: DataFrame, width: int) -> tuple[int, float, int]:
+    """Rows, checksum and number of non-empty partitions of a packed DataFrame, in one pass."""
+    rows = df.select(PACKED_X).mapInArrow(_stats_batches(width), _STATS_SCHEMA).collect()
+    n = sum(r["n"] for r in rows)
+    checksum = sum(r["total"] for r in rows) / _CHECKSUM_SCALE
+    return n, checksum, len(rows)
+
+
+class RepresentationStore:
+    """Versions of one layer's representation under `base`; one writer, any number of readers.
+
+    `keep` is how many of the newest versions garbage collection leaves (leased ones survive
+    too). Readers that use a version for longer than a moment (e.g. train on it) hold a lease.
+    """
+
+    def __init__(self, spark: SparkSession, base: str, keep: int = 3) -> None:
+        if keep < 1:
+            raise ValueError(f"keep must be at least 1, got {keep}")
+        self.spark = spark
+        self.base = str(base).rstrip("/")
+        self.keep = keep
+        self.writer = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self._fs = _filesystem(spark, self.base)
+
+    def __repr__(self) -> str:
+        return f"RepresentationStore({self.base!r}, keep={self.keep})"
+
+    # -- paths ---------------------------------------------------------------------------------
+
+    def _data_path(self, number: int) -> str:
+        return f"{self.base}/v-{number:06d}"
+
+    def _marker_path(self, number: int) -> str:
+        return f"{self.base}/{VERSIONS_DIR}/v-{number:06d}.json"
+
+    def _final_path(self) -> str:
+        return f"{self.base}/{VERSIONS_DIR}/{FINAL_MARKER}"
+
+    def _lease_path(self, number: int, reader: str) -> str:
+        return f"{self.base}/{LEASES_DIR}/v-{number:06d}.{reader}"
+
+    def _numbers(self, directory: str, pattern: re.Pattern) -> list[int]:
+        names = self._fs.list(directory)
+        return sorted(int(m.group(1)) for m in map(pattern.match, names) if m)
+
+    def _committed_numbers(self) -> list[int]:
+        return self._numbers(f"{self.base}/{VERSIONS_DIR}", _MARKER_NAME)
+
+    def _leased_numbers(self) -> set[int]:
+        names = self._fs.list(f"{self.base}/{LEASES_DIR}")
+        return {int(m.group(1)) for m in (re.match(r"^v-(\d+)\.", n) for n in names) if m}
+
+    def _read_version(self, number: int) -> Version:
+        record = json.loads(self._fs.read_bytes(self._marker_path(number)))
+        return Version(
+            number=record["version"],
+            path=self._data_path(record["version"]),
+            n_rows=record["n_rows"],
+            width=record["width"],
+            checksum=record["checksum"],
+            created_at=record["created_at"],
+            meta=record["meta"],
+            writer=record["writer"],
+        )
+
+    # -- writer --------------------------------------------------------------------------------
+
+    def publish(self, df: DataFrame, width: int, meta: dict | None = None) -> Version:
+        """Write `df` (id, x[, label]) as the next version, then commit it with its marker.
+
+        Numbering continues after every marker and every leftover directory (a restarted
+        writer never reuses a name), and Spark's write refuses an existing directory.
+        """
+        fields = {f.name: f.dataType for f in df.schema.fields}
+        if PACKED_ID not in fields or not isinstance(fields.get(PACKED_X), T.BinaryType):
+            raise ValueError(
+                f"publish needs columns {PACKED_ID!r} and binary {PACKED_X!r}; got {df.schema}"
+            )
+        meta = dict(meta or {})
+        json.dumps(meta)  # fail before the expensive write, not after it
+        used = self._committed_numbers() + self._numbers(self.base, _DATA_NAME)
+        number = max(used, default=0) + 1
+        path = self._data_path(number)
+        columns = [c for c in (PACKED_ID, PACKED_X, PACKED_LABEL) if c in fields]
+        df.select(*columns).write.mode("errorifexists").parquet(path)
+        n_rows, checksum, _ = _stats(self.spark.read.parquet(path), width)
+        record = {
+            "version": number,
+            "n_rows": n_rows,
+            "width": width,
+            "checksum": checksum,
+            "created_at": time.time(),
+            "writer": self.writer,
+            "meta": meta,
+        }
+        self._fs.write_bytes(self._marker_path(number), json.dumps(record).encode())
+        return self._read_version(number)
+
+    def mark_final(self, version: Version) -> None:
+        """Tell readers that `version` is the last one this writer will publish."""
+        if not self._fs.exists(self._marker_path(version.number)):
+            raise FileNotFoundError(f"version {version.number} is not committed in {self.base}")
+        record = {"version": version.number, "created_at": time.time(), "writer": self.writer}
+        self._fs.write_bytes(self._final_path(), json.dumps(record).encode())
+
+    def collect_garbage(self) -> list[int]:
+        """Delete versions older than the newest `keep` unless leased or final; return them.
+
+        Each marker goes first, so new readers stop seeing the version at once; a lease taken
+        in the meantime (see `acquire`) puts the marker back. Leftover uncommitted directories
+        older than the newest committed version (killed or failed writes) go too.
+        """
+        committed = self._committed_numbers()
+        if not committed:
+            return []
+        final = self.final()
+        protected = self._leased_numbers() | ({final.number} if final else set())
+        deleted = []
+        for number in committed[: -self.keep]:
+            if number in protected:
+                continue
+            marker = self._marker_path(number)
+            saved = self._fs.read_bytes(marker)
+            self._fs.delete(marker)
+            if number in self._leased_numbers():
+                self._fs.write_bytes(marker, saved)
+                continue
+            self._fs.delete(self._data_path(number), recursive=True)
+            deleted.append(number)
+        still = set(self._committed_numbers())
+        for number in self._numbers(self.base, _DATA_NAME):
+            if number < committed[-1] and number not in still:
+                self._fs.delete(self._data_path(number), recursive=True)
+                deleted.append(number)
+        return sorted(set(deleted))
+
+    # -- readers -------------------------------------------------------------------------------
+
+    def versions(self) -> list[Version]:
+        """Committed versions, oldest first (a version collected while listing is skipped)."""
+        found = []
+        for number in self._committed_numbers():
+            try:
+                found.append(self._read_version(number))
+            except FileNotFoundError:
+                continue
+        return found
+
+    def latest(self) -> Version | None:
+        """The newest committed version, or None before the first commit."""
+        for number in reversed(self._committed_numbers()):
+            try:
+                return self._read_version(number)
+            except FileNotFoundError:
+                continue
+        return None
+
+    def final(self) -> Version | None:
+        """The version the writer marked final, or None while newer versions may still come."""
+        try:
+            record = json.loads(self._fs.read_bytes(self._final_path()))
+        except FileNotFoundError:
+            return None
+        return self._read_version(record["version"])
+
+    def wait_for(
+        self, newer_than: int = 0, timeout: float | None = None, poll: float = 0.2
+    ) -> Version:
+        """Block until a version numbered above `newer_than` is committed, and return it."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            version = self.latest()
+            if version is not None and version.number > newer_than:
+                return version
+            if deadline is not None and time.monotonic() >= deadline:
+                raise TimeoutError(
+                    f"no version newer than {newer_than} was committed in {self.base} "
+                    f"within {timeout} s"
+                )
+            left = poll if deadline is None else deadline - time.monotonic()
+            time.sleep(max(0.0, min(poll, left)))
+
+    def read(self, version: Version) -> DataFrame:
+        """The version's rows (id, x[, label]); lazily read, so hold a lease while using it."""
+        return self.spark.read.parquet(version.path)
+
+    def load(self, version: Version, partitions: int | None = None) -> PackedData:
+        """The version cached as training data, checked against its marker on the way in.
+
+        With `partitions`, rows are hashed by id and sorted inside each partition, as
+        `data.prepare` does, so a reload partitions them the same way.
+        """
+        df = self.read(version)
+        if partitions is not None:
+            df = df.repartition(partitions, PACKED_ID).sortWithinPartitions(PACKED_ID)
+        df = df.persist(StorageLevel.MEMORY_AND_DISK)
+        n_rows, checksum, parts = _stats(df, version.width)
+        if (n_rows, checksum) != (version.n_rows, version.checksum):
+            df.unpersist()
+            raise CorruptVersionError(
+                f"version {version.number} at {version.path} has {n_rows} rows and checksum "
+                f"{checksum}; its marker says {version.n_rows} and {version.checksum}"
+            )
+        return PackedData(df, version.width, n_rows, parts, PACKED_LABEL in df.columns)
+
+    def verify(self, version: Version) -> bool:
+        """Whether the version's Parquet data still has the marker's row count and checksum."""
+        n_rows, checksum, _ = _stats(self.read(version), version.width)
+        return (n_rows, checksum) == (version.n_rows, version.checksum)
+
+    def acquire(self, version: Version, reader: str) -> None:
+        """Lease `version` for `reader` so garbage collection keeps it until `release`.
+
+        The lease is written before the marker is checked again; with the collector's
+        marker-first order, either it sees the lease or this sees the version gone.
+        """
+        if not _READER_NAME.match(reader):
+            raise ValueError(f"reader name {reader!r} may only use letters, digits, '_.-'")
+        lease = self._lease_path(version.number, reader)
+        record = {"reader": reader, "created_at": time.time(), "host": socket.gethostname()}
+        self._fs.write_bytes(lease, json.dumps(record).encode())
+        if not self._fs.exists(self._marker_path(version.number)):
+            self._fs.delete(lease)
+            raise FileNotFoundError(
+                f"version {version.number} of {self.base} was garbage-collected; read a newer one"
+            )
+
+    def release(self, version: Version, reader: str) -> None:
+        """Drop `reader`'s lease on `version` (no error if it holds none)."""
+        self._fs.delete(self._lease_path(version.number, reader))

@@ -1,0 +1,291 @@
+"""RepresentationStore on real Spark and real Parquet: commits, concurrent and killed writers,
+waiting, leases and garbage collection, integrity checks."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from chispa import assert_df_equality
+
+from sparkdbn.engine.store import (
+    CorruptVersionError,
+    RepresentationStore,
+    _filesystem,
+    _HadoopFS,
+    _LocalFS,
+)
+
+REPO = Path(__file__).resolve().parents[2]
+N, W = 40, 6
+BASE_X = np.random.default_rng(7).random((N, W), dtype=np.float32)
+
+# A writer in its own process and Spark application: publishes version 1, then starts version 2
+# with a write that never finishes, so the test can kill it mid-write.
+KILLED_WRITER = """
+import sys, time
+import numpy as np
+from pyspark.sql import SparkSession
+from sparkdbn.engine.store import RepresentationStore
+
+spark = (
+    SparkSession.builder.master("local[1]").appName("store-killed-writer")
+    .config("spark.ui.enabled", "false").config("spark.driver.memory", "512m")
+    # A short-lived JVM: quick JIT and a simple GC start it several seconds sooner.
+    .config("spark.driver.extraJavaOptions", "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC")
+    .getOrCreate()
+)
+store = RepresentationStore(spark, sys.argv[1])
+rows = [(i, np.full(2, i, np.float32).tobytes()) for i in range(10)]
+df = spark.createDataFrame(rows, "id long, x binary").coalesce(1)
+store.publish(df, 2, {"k": 1})
+
+def slow(batches):
+    for batch in batches:
+        time.sleep(600)
+        yield batch
+
+store.publish(df.mapInArrow(slow, df.schema), 2, {"k": 2})
+"""
+
+
+def frame(spark, k: float, label: bool = True):
+    """BASE_X scaled by k, packed, with ids and labels, in two partitions."""
+    X = BASE_X * np.float32(k)
+    rows = [(i, X[i].tobytes(), i % 3) for i in range(N)]
+    df = spark.createDataFrame(rows, "id long, x binary, label long").repartition(2)
+    return df if label else df.drop("label")
+
+
+def unpack_sorted(df) -> np.ndarray:
+    rows = df.orderBy("id").select("x").collect()
+    return np.stack([np.frombuffer(r["x"], np.float32) for r in rows])
+
+
+@pytest.fixture
+def base(tmp_path: Path) -> Path:
+    # Hidden parent, like training's default store beside the output.
+    return tmp_path / ".out.store" / "layer_0"
+
+
+def test_publish_latest_versions_read_and_load(spark, base):
+    store = RepresentationStore(spark, str(base))
+    assert store.latest() is None and store.versions() == []
+    published = [store.publish(frame(spark, k), W, {"k": k}) for k in (1, 2, 3)]
+
+    assert [v.number for v in published] == [1, 2, 3]
+    assert store.versions() == published
+    assert store.latest() == published[2]
+    v2 = published[1]
+    assert (v2.n_rows, v2.width, v2.meta, v2.writer) == (N, W, {"k": 2}, store.writer)
+    assert v2.path == f"{base}/v-000002"
+    assert v2.checksum == pytest.approx(float((BASE_X * 2).sum(dtype=np.float64)), abs=1e-3)
+    assert len({v.checksum for v in published}) == 3
+
+    got = store.read(v2)
+    assert_df_equality(
+        got.select("id", "label"),
+        frame(spark, 2).select("id", "label"),
+        ignore_row_order=True,
+    )
+    assert np.array_equal(unpack_sorted(got), BASE_X * np.float32(2))
+
+    data = store.load(published[2], partitions=3)
+    try:
+        assert (data.n_rows, data.width, data.has_label) == (N, W, True)
+        assert 1 <= data.partitions <= 3
+        assert np.array_equal(unpack_sorted(data.df), BASE_X * np.float32(3))
+    finally:
+        data.unpersist()
+
+
+def test_local_file_system_without_jvm_helpers(spark, tmp_path):
+    """The pure-Python file system (used under Spark Connect) runs the same protocol."""
+    store = RepresentationStore(spark, (tmp_path / "store").as_uri())
+    store._fs = _LocalFS()
+    v1 = store.publish(frame(spark, 1, label=False), W)
+    assert store.latest() == v1 and v1.path.startswith("file:")
+    assert store.verify(v1)
+    store.acquire(v1, "reader")
+    assert store.collect_garbage() == []
+    store.release(v1, "reader")
+    data = store.load(v1)
+    try:
+        assert (data.n_rows, data.has_label) == (N, False)
+    finally:
+        data.unpersist()
+
+
+@pytest.mark.parametrize("kind", ["local", "hadoop"])
+def test_file_system_operations(spark, tmp_path, kind):
+    fs = _LocalFS() if kind == "local" else _HadoopFS(spark, str(tmp_path))
+    d = f"{tmp_path}/a"
+    assert fs.list(d) == [] and not fs.exists(d)
+    fs.write_bytes(f"{d}/b/c", b"")  # creates parents
+    fs.write_bytes(f"{d}/f.json", b"one")
+    fs.write_bytes(f"{d}/f.json", b"two")  # replaces
+    assert fs.read_bytes(f"{d}/f.json") == b"two"
+    assert sorted(n for n in fs.list(d) if not n.endswith(".crc")) == ["b", "f.json"]
+    with pytest.raises(FileNotFoundError):
+        fs.read_bytes(f"{d}/missing")
+    fs.delete(f"{d}/f.json")
+    fs.delete(f"{d}/f.json")  # already gone: no error
+    fs.delete(d, recursive=True)
+    assert not fs.exists(d)
+
+
+def test_filesystem_choice(spark, tmp_path):
+    assert isinstance(_filesystem(spark, str(tmp_path)), _HadoopFS)
+    connect_like = object()  # no _jsc, like a Spark Connect session
+    assert isinstance(_filesystem(connect_like, str(tmp_path)), _LocalFS)
+    assert isinstance(_filesystem(connect_like, tmp_path.as_uri()), _LocalFS)
+    with pytest.raises(ValueError, match="s3a://bucket/x"):
+        _filesystem(connect_like, "s3a://bucket/x")
+
+
+def test_failed_publish_commits_nothing(spark, base):
+    store = RepresentationStore(spark, str(base))
+    with pytest.raises(ValueError, match="binary 'x'"):
+        store.publish(spark.range(3), W)
+    assert store.versions() == [] and not base.exists()
+    with pytest.raises(Exception, match="float32 values wide"):  # checked on the written files
+        store.publish(frame(spark, 1), W + 1)
+    assert store.latest() is None and (base / "v-000001").is_dir()
+    assert store.publish(frame(spark, 1), W).number == 2  # the failed directory is not reused
+
+
+def test_concurrent_writer_never_shows_partial_or_mixed_version(spark, base):
+    store = RepresentationStore(spark, str(base), keep=2)
+    total = 8
+    errors: list[BaseException] = []
+
+    def write() -> None:
+        try:
+            for k in range(1, total + 1):
+                store.publish(frame(spark, k), W, {"k": k})
+                store.collect_garbage()
+        except BaseException as err:  # surfaced by the main thread
+            errors.append(err)
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    seen: list[int] = []
+    deadline = time.monotonic() + 120
+    while (not seen or seen[-1] < total) and not errors and time.monotonic() < deadline:
+        version = store.latest()
+        if version is None or (seen and version.number == seen[-1]):
+            time.sleep(0.05)
+            continue
+        try:
+            store.acquire(version, "reader")
+        except FileNotFoundError:  # collected between latest() and acquire(): take a newer one
+            continue
+        try:
+            df = store.read(version)
+            assert df.count() == N
+            assert np.array_equal(unpack_sorted(df), BASE_X * np.float32(version.meta["k"]))
+            assert store.verify(version)
+        finally:
+            store.release(version, "reader")
+        seen.append(version.number)
+    writer.join()
+    assert not errors, errors
+    assert seen[-1] == total and len(seen) >= 2, seen
+    assert [v.number for v in store.versions()] == [total - 1, total]
+
+
+def test_killed_writer_leaves_no_visible_version(spark, base, tmp_path):
+    log = tmp_path / "writer.log"
+    env = dict(os.environ, PYTHONPATH=str(REPO), PYSPARK_PYTHON=sys.executable)
+    with log.open("wb") as err:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", KILLED_WRITER, str(base)],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+            start_new_session=True,  # its own process group: the JVM dies with it
+        )
+    try:
+        deadline = time.monotonic() + 150
+        while not (base / "v-000002").exists():
+            assert proc.poll() is None, log.read_text()[-3000:]
+            assert time.monotonic() < deadline, "writer never started version 2"
+            time.sleep(0.1)
+        time.sleep(1.0)  # the slow task is running now
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+    store = RepresentationStore(spark, str(base))
+    (v1,) = store.versions()
+    assert store.latest() == v1 and v1.number == 1 and v1.writer != store.writer
+    assert (base / "v-000002" / "_temporary").is_dir()  # Spark's write never committed
+    assert store.verify(v1)
+
+    v3 = store.publish(frame(spark, 3), W, {"k": 3})
+    assert v3.number == 3 and store.latest() == v3
+    assert store.collect_garbage() == [2]  # the leftover directory, below a committed version
+    assert not (base / "v-000002").exists()
+    assert [v.number for v in store.versions()] == [1, 3]
+
+
+def test_wait_for_returns_new_version_or_times_out(spark, base):
+    store = RepresentationStore(spark, str(base))
+    with pytest.raises(TimeoutError, match=rf"newer than 0 .*{base}"):
+        store.wait_for(timeout=0.3, poll=0.05)
+
+    publisher = threading.Timer(0.5, lambda: store.publish(frame(spark, 1), W))
+    publisher.start()
+    version = store.wait_for(newer_than=0, timeout=60, poll=0.05)
+    publisher.join()
+    assert version.number == 1 and version == store.latest()
+    with pytest.raises(TimeoutError, match="newer than 1"):
+        store.wait_for(newer_than=1, timeout=0.2)
+
+
+def test_garbage_collection_keeps_newest_and_leased_versions(spark, base):
+    store = RepresentationStore(spark, str(base), keep=2)
+    v1, *_ = [store.publish(frame(spark, k), W) for k in (1, 2, 3, 4)]
+    store.acquire(v1, "layer1")
+    assert store.collect_garbage() == [2]
+    assert [v.number for v in store.versions()] == [1, 3, 4]
+    assert not (base / "v-000002").exists()
+    assert store.verify(v1)  # leased data is intact
+
+    store.release(v1, "layer1")
+    assert store.collect_garbage() == [1]
+    assert [v.number for v in store.versions()] == [3, 4]
+    with pytest.raises(FileNotFoundError, match="garbage-collected"):
+        store.acquire(v1, "late")
+    assert not any((base / "_leases").iterdir())
+    with pytest.raises(ValueError, match="reader name"):
+        store.acquire(store.latest(), "a/b")
+
+
+def test_final_marks_last_version_and_survives_gc(spark, base):
+    store = RepresentationStore(spark, str(base), keep=1)
+    v1 = store.publish(frame(spark, 1), W)
+    assert store.final() is None
+    store.mark_final(v1)
+    assert store.final() == v1
+    v2 = store.publish(frame(spark, 2), W)  # e.g. a restarted writer that goes on
+    assert store.collect_garbage() == []  # the final version stays
+    store.mark_final(v2)
+    assert store.final() == v2
+    assert store.collect_garbage() == [1]
+
+
+def test_changed_data_fails_verification(spark, base):
+    store = RepresentationStore(spark, str(base))
+    v1 = store.publish(frame(spark, 1), W)
+    frame(spark, 1.5).write.mode("overwrite").parquet(v1.path)
+    assert not store.verify(v1)
+    with pytest.raises(CorruptVersionError, match="version 1"):
+        store.load(v1)
