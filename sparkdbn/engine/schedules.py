@@ -1,0 +1,250 @@
+"""ParDBN's layer-parallel schedules: upper layers train on rough representations.
+
+`pipelined`: layer l publishes a rough version of its representation after `start_after` of its
+epochs and then every `publish_every`, plus a final one. Layer l+1 starts on the first version,
+moves to the newest one at each epoch boundary, and keeps its last `final_epochs` epochs for the
+final version of its input (it waits for it if it gets there first).
+
+`tied`: layer 0 trains `start_after` epochs; then every upper layer starts at once, its weights
+tied to the layer below (W or Wᵀ, see `config.tie_plan`), and each publishes a version made
+with those tied weights right away, so the first inputs come through the tied stack.
+Afterwards as `pipelined`.
+
+Each layer runs in its own driver thread with its own FAIR scheduler pool, so the layers'
+Spark stages share the cluster. What each layer trains on depends on timing, so only layer 0
+is bit-reproducible under these schedules; every epoch's input version is logged instead.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+from pyspark.sql import SparkSession
+
+from sparkdbn.config import TrainConfig, tie_plan
+from sparkdbn.data import PackedData
+from sparkdbn.engine.jobinfo import described
+from sparkdbn.engine.pretrain import cd_config, initial_params, pretrain_sequential
+from sparkdbn.engine.rbm_trainer import LayerTrainer
+from sparkdbn.engine.representation import hidden_frame
+from sparkdbn.engine.store import RepresentationStore, Version
+from sparkdbn.kernels.rbm import RBMParams
+from sparkdbn.metrics import RunLog
+from sparkdbn.model import DBNModel
+
+WAIT_POLL_SECONDS = 0.5
+
+
+def tie(below: RBMParams, how: str) -> RBMParams:
+    """A copy of the layer below as the next layer's start: W itself, or Wᵀ with swapped biases."""
+    if how == "W":
+        return below.copy()
+    return RBMParams(
+        np.ascontiguousarray(below.W.T), below.hbias.copy(), below.vbias.copy()
+    )
+
+
+def publishes_after(epoch_done: int, cfg: TrainConfig) -> bool:
+    """Rough versions after start_after epochs, then every publish_every epochs."""
+    since = epoch_done - cfg.start_after
+    return since >= 0 and since % cfg.publish_every == 0
+
+
+@dataclass
+class Shared:
+    """What the layer threads share: the stores, the tie point and the first failure."""
+
+    stores: list[RepresentationStore]
+    stop: threading.Event = field(default_factory=threading.Event)
+    tie_ready: threading.Event = field(default_factory=threading.Event)
+    tie_params: RBMParams | None = None
+    errors: list[BaseException] = field(default_factory=list)
+    results: dict[int, RBMParams] = field(default_factory=dict)
+    wait_timeout: float | None = None  # seconds a layer may wait for input; None: forever
+
+
+class _Input:
+    """A layer's view of the store below: the newest version, cached, with a reader lease."""
+
+    def __init__(self, store: RepresentationStore, reader: str, shared: Shared) -> None:
+        self.store = store
+        self.reader = reader
+        self.shared = shared
+        self.version: Version | None = None
+        self.data: PackedData | None = None
+
+    def refresh(self, wait_for_final: bool = False) -> PackedData:
+        """The newest committed version (or, when asked, the final one), loaded and cached.
+
+        Keeps the current version when nothing newer exists; blocks only when there is
+        nothing to train on yet or the final version is required.
+        """
+        started = time.monotonic()
+        while True:
+            if self.shared.stop.is_set():
+                raise _Stopped
+            timeout = self.shared.wait_timeout
+            if timeout is not None and time.monotonic() - started > timeout:
+                what = "the final version" if wait_for_final else "a version"
+                raise TimeoutError(
+                    f"{self.reader} waited {timeout:.0f} s for {what} in {self.store}"
+                )
+            target = self.store.final() if wait_for_final else self.store.latest()
+            have = self.version.number if self.version is not None else 0
+            if target is not None and target.number > have:
+                self._switch(target)
+                return self.data
+            if self.data is not None and (not wait_for_final or target is not None):
+                return self.data
+            self.shared.stop.wait(WAIT_POLL_SECONDS)
+
+    def _switch(self, version: Version) -> None:
+        self.store.acquire(version, self.reader)
+        try:
+            loaded = self.store.load(version)
+        except BaseException:
+            self.store.release(version, self.reader)
+            raise
+        if self.data is not None:
+            self.data.unpersist()
+            self.store.release(self.version, self.reader)
+        self.version, self.data = version, loaded
+
+    def close(self) -> None:
+        if self.data is not None:
+            self.data.unpersist()
+            self.store.release(self.version, self.reader)
+
+
+class _Stopped(Exception):
+    """Another layer failed; this one stops at its next epoch boundary."""
+
+
+def _publish(
+    spark: SparkSession,
+    store: RepresentationStore,
+    trainer: LayerTrainer,
+    data: PackedData,
+    cfg: TrainConfig,
+    final: bool = False,
+) -> None:
+    df = hidden_frame(
+        data.df, trainer.params, cfg.representation, (cfg.seed, trainer.layer, trainer.epoch)
+    )
+    text = f"layer {trainer.layer} · publish after epoch {trainer.epoch}"
+    with described(spark, text, trainer.pool):
+        version = store.publish(df, trainer.n_hidden, {"epoch": trainer.epoch, "final": final})
+    if final:
+        store.mark_final(version)
+    store.collect_garbage()
+
+
+def make_shared(spark: SparkSession, cfg: TrainConfig, store_base: str) -> Shared:
+    """One store per layer that has a layer above it: BASE/layer_0, BASE/layer_1, …"""
+    n_layers = len(cfg.layers) - 1
+    return Shared(
+        [
+            RepresentationStore(spark, f"{store_base.rstrip('/')}/layer_{i}", cfg.keep_versions)
+            for i in range(n_layers - 1)
+        ]
+    )
+
+
+def run_layer(
+    spark: SparkSession,
+    layer: int,
+    data: PackedData | None,
+    cfg: TrainConfig,
+    run: RunLog,
+    shared: Shared,
+) -> RBMParams:
+    """Train one layer under a concurrent schedule; layer 0 trains on `data`, the others on
+    the store below. `sequential` here means: wait for the final version of the input."""
+    n_layers = len(cfg.layers) - 1
+    top = layer == n_layers - 1
+    out_store = None if top else shared.stores[layer]
+    if layer > 0 and cfg.schedule == "tied":
+        while not shared.tie_ready.wait(WAIT_POLL_SECONDS):
+            if shared.stop.is_set():
+                raise _Stopped
+        params = shared.tie_params
+        for how in tie_plan(cfg.layers)[:layer]:
+            params = tie(params, how)
+    else:
+        params = initial_params(cfg, layer)
+    trainer = LayerTrainer(
+        spark, layer, params, cd_config(cfg, layer), cfg.seed, cfg.epochs, run,
+        pool=f"layer{layer}",
+    )
+    source = None if layer == 0 else _Input(shared.stores[layer - 1], f"layer{layer}", shared)
+    rough_limit = 0 if cfg.schedule == "sequential" else cfg.epochs - cfg.final_epochs
+    try:
+        current = data
+        if out_store is not None and layer > 0 and cfg.schedule == "tied":
+            current = source.refresh()
+            _publish(spark, out_store, trainer, current, cfg)
+        while not trainer.done:
+            if shared.stop.is_set():
+                raise _Stopped
+            if source is not None:
+                current = source.refresh(wait_for_final=trainer.epoch >= rough_limit)
+            version = None if source is None else source.version.number
+            trainer.train_epoch(current, version)
+            if layer == 0 and cfg.schedule == "tied" and trainer.epoch == cfg.start_after:
+                shared.tie_params = trainer.params
+                shared.tie_ready.set()
+            if out_store is None:
+                continue
+            if trainer.done:
+                _publish(spark, out_store, trainer, current, cfg, final=True)
+            elif publishes_after(trainer.epoch, cfg):
+                _publish(spark, out_store, trainer, current, cfg)
+        if layer == 0 and not shared.tie_ready.is_set():
+            shared.tie_params = trainer.params
+            shared.tie_ready.set()
+        shared.results[layer] = trainer.params
+        return trainer.params
+    finally:
+        if source is not None:
+            source.close()
+
+
+def pretrain_concurrent(
+    spark: SparkSession, data: PackedData, cfg: TrainConfig, run: RunLog, store_base: str
+) -> DBNModel:
+    """All layers in their own threads, handing representations over through the store."""
+    n_layers = len(cfg.layers) - 1
+    shared = make_shared(spark, cfg, store_base)
+
+    def target(layer: int) -> None:
+        try:
+            run_layer(spark, layer, data, cfg, run, shared)
+        except _Stopped:
+            pass
+        except BaseException as err:  # re-raised in the calling thread below
+            shared.errors.append(err)
+            shared.stop.set()
+
+    threads = [
+        threading.Thread(target=target, args=(layer,), name=f"sparkdbn-layer{layer}")
+        for layer in range(n_layers)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if shared.errors:
+        raise shared.errors[0]
+    layers = [shared.results[layer] for layer in range(n_layers)]
+    return DBNModel(layers, cfg.visible, cfg.to_dict())
+
+
+def pretrain(
+    spark: SparkSession, data: PackedData, cfg: TrainConfig, run: RunLog, store_base: str
+) -> DBNModel:
+    if cfg.schedule == "sequential" or len(cfg.layers) == 2:
+        return pretrain_sequential(spark, data, cfg, run)
+    return pretrain_concurrent(spark, data, cfg, run, store_base)
