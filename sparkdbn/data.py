@@ -28,7 +28,7 @@ PACKED_LABEL = "label"
 PACKED_X = "x"
 # One summary row per partition; widths -1 mean a null features value.
 _CHECK_SCHEMA = (
-    "part int, n long, min_width int, max_width int, null_id long, ragged_id long, "
+    "part int, n long, width int, null_id long, ragged_id long, "
     "ragged_width int, bad_id long, bad_value double, bad_pos int, null_label_id long, "
     "neg_label_id long, neg_label long, max_label long"
 )
@@ -120,12 +120,11 @@ def _check_batches(bernoulli: bool, has_label: bool):
             ids = batch.column(PACKED_ID).to_numpy()
             widths = batch.column("w").to_numpy()
             valid = widths[widths >= 0]
-            width = int(valid.max()) if valid.size else 0
+            width = _most_common(valid)
             row = {
                 "part": part,
                 "n": batch.num_rows,
-                "min_width": int(widths.min()),
-                "max_width": int(widths.max()),
+                "width": width,
                 "null_id": first(ids, widths < 0),
                 "ragged_id": None,
                 "ragged_width": None,
@@ -140,7 +139,7 @@ def _check_batches(bernoulli: bool, has_label: bool):
             ragged = (widths >= 0) & (widths != width)
             if ragged.any():
                 i = int(np.flatnonzero(ragged)[0])
-                row.update(ragged_id=int(ids[i]), ragged_width=int(widths[i]))
+                row.update(ragged_id=int(ids[i]), ragged_width=int(widths[i]), width=width)
             if width and row["null_id"] is None and row["ragged_id"] is None:
                 X = unpack_rows(batch.column(PACKED_X), width)
                 bad = ~np.isfinite(X)
@@ -185,13 +184,13 @@ def _raise_first_problem(
     for r in rows:
         if r["null_id"] is not None:
             raise InputError(f"column {features_col!r}, row id {r['null_id']}: features are null")
-    widths = {r["max_width"] for r in rows} | {r["min_width"] for r in rows}
     for r in rows:
         if r["ragged_id"] is not None:
             raise InputError(
                 f"column {features_col!r}, row id {r['ragged_id']}: ragged rows, "
-                f"{r['ragged_width']} values where other rows have {max(widths)}"
+                f"{r['ragged_width']} values where other rows have {r['width']}"
             )
+    widths = {r["width"] for r in rows if r["n"]}
     width = widths.pop() if len(widths) == 1 else None
     if width is None:
         return None
@@ -222,12 +221,21 @@ def _raise_first_problem(
     return width
 
 
+def _most_common(widths: np.ndarray) -> int:
+    """The width most rows have: the reference that an odd row is reported against."""
+    if not widths.size:
+        return 0
+    values, counts = np.unique(widths, return_counts=True)
+    return int(values[np.argmax(counts)])
+
+
 def _raise_ragged_across_partitions(packed: DataFrame, features_col: str) -> None:
-    first = packed.select("id", "w").orderBy("id").first()
-    other = packed.filter(F.col("w") != first["w"]).select("id", "w").orderBy("id").first()
+    """Partitions agree inside but not with each other: name a row off the common width."""
+    usual = packed.groupBy("w").count().orderBy(F.desc("count"), "w").first()["w"]
+    other = packed.filter(F.col("w") != usual).select("id", "w").orderBy("id").first()
     raise InputError(
         f"column {features_col!r}, row id {other['id']}: ragged rows, {other['w']} values where "
-        f"row id {first['id']} has {first['w']}"
+        f"other rows have {usual}"
     )
 
 
