@@ -1,0 +1,135 @@
+"""Predictions and evaluation in Spark: the numpy forward pass inside mapInArrow."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
+from pyspark.sql.types import ArrayType, DoubleType, StructField, StructType
+
+from sparkdbn.columns import features_to_numpy, unpack_rows
+from sparkdbn.data import PACKED_LABEL, PACKED_X, PackedData
+from sparkdbn.kernels.mlp import MLPParams, predict_proba
+from sparkdbn.model import DBNModel
+
+
+def _predict_batches(params: MLPParams, keep: list[str]):
+    width = params.sizes[0]
+
+    def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        for batch in batches:
+            proba = predict_proba(params, unpack_rows(batch.column(PACKED_X), width))
+            columns = {name: batch.column(name) for name in keep}
+            columns["prediction"] = pa.array(proba.argmax(axis=1).astype(np.float64))
+            columns["probability"] = _probability_column(proba)
+            yield pa.RecordBatch.from_pydict(columns)
+
+    return run
+
+
+def predict_packed(data: PackedData, params: MLPParams) -> DataFrame:
+    """id (and label) with `prediction` (double) and `probability` (array<double>)."""
+    keep = [c for c in data.df.columns if c in ("id", PACKED_LABEL)]
+    schema = ", ".join(
+        f"{c} long" for c in keep
+    ) + ", prediction double, probability array<double>"
+    return data.df.mapInArrow(_predict_batches(params, keep), schema)
+
+
+@dataclass
+class Evaluation:
+    accuracy: float
+    n_rows: int
+    per_class_accuracy: list[float | None]
+    confusion: list[list[int]]  # rows: true label, columns: predicted
+
+    def to_dict(self) -> dict:
+        return {
+            "accuracy": self.accuracy,
+            "n_rows": self.n_rows,
+            "per_class_accuracy": self.per_class_accuracy,
+            "confusion_matrix": self.confusion,
+        }
+
+    def table(self) -> str:
+        """Readable per-class accuracy and confusion matrix."""
+        k = len(self.confusion)
+        head = "true\\pred " + " ".join(f"{j:>6d}" for j in range(k)) + "   accuracy"
+        lines = [f"accuracy {self.accuracy:.4f} on {self.n_rows} rows", head]
+        for i, row in enumerate(self.confusion):
+            acc = self.per_class_accuracy[i]
+            shown = "     -" if acc is None else f"{acc:10.4f}"
+            lines.append(f"{i:>9d} " + " ".join(f"{c:>6d}" for c in row) + f" {shown}")
+        return "\n".join(lines)
+
+
+def evaluate(predictions: DataFrame, n_classes: int) -> Evaluation:
+    """Confusion matrix aggregated in Spark (at most n_classes² rows reach the driver)."""
+    counts = (
+        predictions.groupBy(PACKED_LABEL, F.col("prediction").cast("long").alias("pred"))
+        .count()
+        .collect()
+    )
+    k = max([n_classes] + [int(r[PACKED_LABEL]) + 1 for r in counts])
+    confusion = np.zeros((k, k), np.int64)
+    for r in counts:
+        confusion[int(r[PACKED_LABEL]), int(r["pred"])] += int(r["count"])
+    n = int(confusion.sum())
+    totals = confusion.sum(axis=1)
+    per_class = [
+        None if totals[i] == 0 else float(confusion[i, i] / totals[i]) for i in range(k)
+    ]
+    return Evaluation(float(np.trace(confusion) / n), n, per_class, confusion.tolist())
+
+
+def _predict_features(params: MLPParams, features_col: str, names: list[str]):
+    width = params.sizes[0]
+
+    def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        for batch in batches:
+            X, widths = features_to_numpy(batch.column(features_col))
+            if batch.num_rows and (widths != width).any():
+                bad = int(np.flatnonzero(widths != width)[0])
+                raise ValueError(
+                    f"column {features_col!r}: row {bad} of a batch has {widths[bad]} values, "
+                    f"the model expects {width}"
+                )
+            proba = predict_proba(params, X.reshape(-1, width))
+            columns = {name: batch.column(name) for name in batch.schema.names}
+            columns[names[0]] = pa.array(proba.argmax(axis=1).astype(np.float64))
+            columns[names[1]] = _probability_column(proba)
+            yield pa.RecordBatch.from_pydict(columns)
+
+    return run
+
+
+def _probability_column(proba: np.ndarray) -> pa.Array:
+    k = proba.shape[1]
+    flat = pa.array(proba.astype(np.float64).reshape(-1))
+    return pa.FixedSizeListArray.from_arrays(flat, k).cast(pa.list_(pa.float64()))
+
+
+def predict_frame(
+    model: DBNModel,
+    df: DataFrame,
+    features_col: str = "features",
+    prediction_col: str = "prediction",
+    probability_col: str = "probability",
+) -> DataFrame:
+    """`df` with `prediction` (double) and `probability` (array<double>) columns added.
+
+    Works on the user's own columns (array or Vector features), lazily, like a Spark ML model.
+    """
+    schema = StructType(
+        df.schema.fields
+        + [
+            StructField(prediction_col, DoubleType()),
+            StructField(probability_col, ArrayType(DoubleType())),
+        ]
+    )
+    run = _predict_features(model.to_mlp(), features_col, [prediction_col, probability_col])
+    return df.mapInArrow(run, schema)
