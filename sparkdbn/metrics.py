@@ -51,6 +51,9 @@ class RunLog:
         self.layers.append(log)
         return log
 
+    def layers_by_index(self) -> dict[int, LayerLog]:
+        return {log.layer: log for log in self.layers}
+
     def record_epoch(self, log: LayerLog, record: EpochRecord, total_epochs: int) -> None:
         log.epochs.append(record)
         self.say(progress_line(log.layer, record, total_epochs))
@@ -60,6 +63,7 @@ class RunLog:
         return {
             "schedule": self.schedule,
             "run_started_at": self.started_iso,
+            "run_started_unix": round(self.started, 3),
             "layers": [asdict(lg) for lg in self.layers],
             "makespan_seconds": max(ends) if ends else None,
             **self.extra,

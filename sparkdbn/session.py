@@ -14,6 +14,9 @@ LOCAL_DEFAULTS = {
     "spark.sql.execution.arrow.pyspark.enabled": "true",
     "spark.scheduler.mode": "FAIR",
     "spark.sql.shuffle.partitions": "8",
+    # Cached training sets and representation versions live in the driver JVM in local mode;
+    # Spark's 1g default runs out with a 60,000 × 784 set plus a layer's version in flight.
+    "spark.driver.memory": os.environ.get("SPARKDBN_DRIVER_MEMORY", "6g"),
 }
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -33,3 +34,37 @@ def spark() -> Iterator:
     session.sparkContext.setLogLevel("ERROR")
     yield session
     session.stop()
+
+
+@pytest.fixture(scope="session")
+def fashion_parquet(spark, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The real Fashion-MNIST sample as the project's Parquet layout: DIR/train, DIR/test."""
+    from sparkdbn.prepare import prepare_mnist
+
+    output = tmp_path_factory.mktemp("fashion") / "parquet"
+    prepare_mnist(spark, FIXTURE_DIR, output, partitions=2)
+    return output
+
+
+def job_env() -> dict[str, str]:
+    """The environment a user's shell gives a job: this interpreter for driver and workers."""
+    env = dict(os.environ, PYSPARK_PYTHON=sys.executable, PYSPARK_DRIVER_PYTHON=sys.executable)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    env["SPARKDBN_DRIVER_MEMORY"] = "2g"
+    return env
+
+
+def run_job(job: str, *args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    """A real job CLI in a subprocess, as a user runs it."""
+    return subprocess.run(
+        [sys.executable, str(REPO / "jobs" / f"{job}.py"), *args],
+        cwd=REPO, env=job_env(), capture_output=True, text=True, timeout=timeout,
+    )
+
+
+def start_job(job: str, *args: str) -> subprocess.Popen[str]:
+    """Like run_job, without waiting: for applications that must run at the same time."""
+    return subprocess.Popen(
+        [sys.executable, str(REPO / "jobs" / f"{job}.py"), *args],
+        cwd=REPO, env=job_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )

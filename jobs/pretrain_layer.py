@@ -1,0 +1,82 @@
+"""Pretrain ONE layer of a DBN as its own Spark application (ParDBN's layer-per-machine setting).
+
+Layer 0 trains on --train; layer L > 0 trains on the representations that layer L-1's
+application publishes into --store, switching to the newest version at each epoch boundary.
+Every layer but the top one publishes its own versions into the store for the layer above.
+
+    python jobs/pretrain_layer.py --layer 0 --train data/train --store /shared/st --output l0 ...
+    python jobs/pretrain_layer.py --layer 1 --store /shared/st --output l1 ...  # meanwhile
+
+All applications must get the same --layers, --schedule (pipelined or sequential) and
+publishing settings. Writes OUTPUT/layer.npz (W, vbias, hbias) and OUTPUT/metrics.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import numpy as np
+
+from sparkdbn.cli import run
+from sparkdbn.config import add_arguments, config_from_args
+from sparkdbn.errors import InputError
+from sparkdbn.fsutil import atomic_directory, check_target
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="pretrain_layer",
+        description="Pretrain one DBN layer, consuming and feeding a shared representation store.",
+    )
+    parser.add_argument("--layer", type=int, required=True, help="which layer (0 = bottom)")
+    parser.add_argument(
+        "--wait-timeout", type=float, default=3600.0,
+        help="seconds to wait for the layer below's versions (default: 3600)",
+    )
+    add_arguments(parser)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    cfg = config_from_args(args)
+    n_layers = len(cfg.layers) - 1
+    if not 0 <= args.layer < n_layers:
+        raise InputError(f"--layer must be in [0, {n_layers - 1}] for layers {cfg.layers}")
+    if cfg.schedule == "tied":
+        raise InputError("--schedule tied needs all layers in one application: use train_dbn.py")
+    if cfg.store is None or cfg.output is None:
+        raise InputError("--store and --output are required")
+    if args.layer == 0 and cfg.train is None:
+        raise InputError("layer 0 needs --train")
+    check_target(cfg.output, cfg.if_exists)
+
+    from sparkdbn.data import prepare
+    from sparkdbn.engine.schedules import make_shared, run_layer
+    from sparkdbn.metrics import RunLog
+    from sparkdbn.session import get_session
+
+    spark = get_session(f"sparkdbn pretrain_layer {args.layer}")
+    data = None
+    if args.layer == 0:
+        data = prepare(spark, cfg.train, cfg.features_col, cfg.label_col, cfg.visible,
+                       cfg.partitions)
+        if data.width != cfg.layers[0]:
+            raise InputError(
+                f"config layers starts with {cfg.layers[0]} visible units but column "
+                f"{cfg.features_col!r} has {data.width} values per row"
+            )
+    shared = make_shared(spark, cfg, cfg.store)
+    shared.wait_timeout = args.wait_timeout
+    log = RunLog(cfg.schedule)
+    params = run_layer(spark, args.layer, data, cfg, log, shared)
+    with atomic_directory(cfg.output) as tmp:
+        np.savez(tmp / "layer.npz", W=params.W, vbias=params.vbias, hbias=params.hbias)
+        log.extra["layer"] = args.layer
+        (tmp / "metrics.json").write_text(log.to_json(), encoding="utf-8")
+    print(f"layer {args.layer} written to {cfg.output}")
+
+
+if __name__ == "__main__":
+    sys.exit(run(main))

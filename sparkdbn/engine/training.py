@@ -1,0 +1,169 @@
+"""A whole training run as a library call: pretrain, fine-tune, evaluate; then write it all."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+import numpy as np
+from pyspark.sql import DataFrame, SparkSession
+
+from sparkdbn.config import TrainConfig
+from sparkdbn.data import PackedData, prepare
+from sparkdbn.engine.finetune import FinetuneEpoch, finetune
+from sparkdbn.engine.predict import Evaluation, evaluate, predict_packed
+from sparkdbn.engine.schedules import pretrain
+from sparkdbn.errors import InputError
+from sparkdbn.fsutil import atomic_directory
+from sparkdbn.kernels.mlp import SGDConfig, from_pretrained, init_mlp
+from sparkdbn.metrics import RunLog
+from sparkdbn.model import DBNModel
+
+
+@dataclass
+class TrainingResult:
+    model: DBNModel
+    run: RunLog
+    finetune_history: list[FinetuneEpoch] = field(default_factory=list)
+    evaluation: Evaluation | None = None
+    baseline_history: list[FinetuneEpoch] = field(default_factory=list)
+    baseline_evaluation: Evaluation | None = None
+
+
+def _sgd_config(cfg: TrainConfig) -> SGDConfig:
+    return SGDConfig(
+        cfg.finetune_learning_rate,
+        cfg.finetune_momentum,
+        cfg.finetune_weight_decay,
+        cfg.finetune_batch_size,
+    )
+
+
+def _n_classes(cfg: TrainConfig, train: PackedData, test: PackedData | None) -> int:
+    n = cfg.n_classes if cfg.n_classes is not None else max(2, (train.max_label or 0) + 1)
+    for name, packed in (("training", train), ("test", test)):
+        if packed is not None and packed.max_label is not None and packed.max_label >= n:
+            raise InputError(
+                f"column {cfg.label_col!r} of the {name} data has label {packed.max_label}, "
+                f"beyond the {n} classes of the output layer (n_classes)"
+            )
+    return n
+
+
+def train(
+    spark: SparkSession,
+    cfg: TrainConfig,
+    store: str,
+    train_data: str | DataFrame | None = None,
+    test_data: str | DataFrame | None = None,
+    out: TextIO | None = None,
+) -> TrainingResult:
+    """Validate the data, pretrain the stack, fine-tune and evaluate as configured.
+
+    Both data sets are validated before any training, so bad input fails fast. Only the
+    concurrent schedules write, and only rough representations into `store`.
+    """
+    source = train_data if train_data is not None else cfg.train
+    test_source = test_data if test_data is not None else cfg.test
+    if source is None:
+        raise InputError("no training data: give --train PATH")
+    supervised = cfg.finetune_epochs > 0
+    packed = prepare(
+        spark, source, cfg.features_col, cfg.label_col, cfg.visible, cfg.partitions,
+        require_label=supervised,
+    )
+    test = None
+    try:
+        if packed.width != cfg.layers[0]:
+            raise InputError(
+                f"config layers starts with {cfg.layers[0]} visible units but column "
+                f"{cfg.features_col!r} has {packed.width} values per row"
+            )
+        if test_source is not None and supervised:
+            test = prepare(
+                spark, test_source, cfg.features_col, cfg.label_col, cfg.visible,
+                require_label=True,
+            )
+            if test.width != packed.width:
+                raise InputError(
+                    f"test data has {test.width} features per row, training data {packed.width}"
+                )
+        n_classes = _n_classes(cfg, packed, test) if supervised else 0
+        run = RunLog(cfg.schedule, out=out)
+        model = pretrain(spark, packed, cfg, run, store)
+        result = TrainingResult(model, run)
+        if supervised:
+            _finetune_and_evaluate(spark, cfg, packed, test, n_classes, result)
+    finally:
+        packed.unpersist()
+        if test is not None:
+            test.unpersist()
+    return result
+
+
+def _finetune_and_evaluate(
+    spark: SparkSession,
+    cfg: TrainConfig,
+    packed: PackedData,
+    test: PackedData | None,
+    n_classes: int,
+    result: TrainingResult,
+) -> None:
+    say = result.run.say
+    n_layers = len(cfg.layers) - 1
+    stack = [(p.W, p.hbias) for p in result.model.layers]
+    start = from_pretrained(stack, n_classes, np.random.default_rng([cfg.seed, n_layers]))
+    tuned, result.finetune_history = finetune(
+        spark, packed, start, _sgd_config(cfg), cfg.finetune_epochs, (cfg.seed, n_layers),
+        cfg.finetune_lr_decay, name="fine-tune", report=say,
+    )
+    result.model = result.model.with_mlp(tuned)
+    if test is not None:
+        result.evaluation = evaluate(predict_packed(test, tuned), n_classes)
+        say(f"test accuracy (pretrained + fine-tuned): {result.evaluation.accuracy:.4f}")
+    if cfg.baseline:
+        random_start = init_mlp(start.sizes, np.random.default_rng([cfg.seed, n_layers + 1]))
+        base, result.baseline_history = finetune(
+            spark, packed, random_start, _sgd_config(cfg), cfg.finetune_epochs,
+            (cfg.seed, n_layers + 1), cfg.finetune_lr_decay, name="baseline", report=say,
+        )
+        if test is not None:
+            result.baseline_evaluation = evaluate(predict_packed(test, base), n_classes)
+            say(f"test accuracy (random init baseline): {result.baseline_evaluation.accuracy:.4f}")
+
+
+def metrics_dict(result: TrainingResult) -> dict[str, Any]:
+    """metrics.json: the run log plus fine-tuning curves and evaluations."""
+    out = result.run.to_dict()  # schedule, layers, makespan
+    if result.finetune_history:
+        out["finetune"] = [asdict(e) for e in result.finetune_history]
+    if result.evaluation is not None:
+        out["test_accuracy"] = result.evaluation.accuracy
+        out["test_evaluation"] = result.evaluation.to_dict()
+    if result.baseline_history:
+        out["baseline_finetune"] = [asdict(e) for e in result.baseline_history]
+    if result.baseline_evaluation is not None:
+        out["baseline_test_accuracy"] = result.baseline_evaluation.accuracy
+    return out
+
+
+def write_outputs(result: TrainingResult, output: str | Path) -> None:
+    """OUTPUT/model/…, OUTPUT/metrics.json and pictures, committed together by one rename."""
+    from sparkdbn.plots import write_pictures
+
+    with atomic_directory(output) as tmp:
+        result.model.save(tmp / "model")
+        (tmp / "metrics.json").write_text(
+            json.dumps(metrics_dict(result), indent=2) + "\n", encoding="utf-8"
+        )
+        if result.evaluation is not None:
+            (tmp / "evaluation.txt").write_text(result.evaluation.table() + "\n", encoding="utf-8")
+        write_pictures(result, tmp)
+
+
+def default_store(output: str | Path) -> Path:
+    """Where rough representations go when --store is not given: beside the output, hidden."""
+    target = Path(output).resolve()
+    return target.with_name(f".{target.name}.store")
