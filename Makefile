@@ -1,0 +1,47 @@
+# The README's commands. `make train` and `make test` set everything up on a fresh machine.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+DEBIAN_DATA := /usr/share/datasets/fashion-mnist
+DATA_DIR ?= $(DEBIAN_DATA)
+PARQUET ?= data/fashion-mnist
+OUT ?= out/fashion_mnist
+CONFIG ?= conf/fashion_mnist.toml
+TRAIN_ARGS ?=
+
+# Spark's Python workers must run the virtual environment's interpreter.
+export PYSPARK_PYTHON := $(abspath $(PY))
+export PYSPARK_DRIVER_PYTHON := $(abspath $(PY))
+
+.PHONY: install train test lint bench dist clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: setup.cfg pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[spark,test,bench]'
+	touch $@
+
+# Debian's dataset-fashion-mnist holds the official files; fetched only when missing.
+$(DEBIAN_DATA)/train-images-idx3-ubyte.gz:
+	@command -v apt-get >/dev/null || { echo "install dataset-fashion-mnist or set DATA_DIR"; exit 2; }
+	$(if $(filter 0,$(shell id -u)),,sudo) apt-get update -qq
+	$(if $(filter 0,$(shell id -u)),,sudo) apt-get install -y -qq dataset-fashion-mnist
+
+$(PARQUET)/train/_SUCCESS: $(VENV)/.installed $(DATA_DIR)/train-images-idx3-ubyte.gz
+	$(PY) jobs/prepare_data.py --fashion-mnist --data-dir $(DATA_DIR) --output $(PARQUET) \
+		--partitions 8 --if-exists overwrite
+
+train: $(PARQUET)/train/_SUCCESS
+	$(PY) jobs/train_dbn.py --config $(CONFIG) --train $(PARQUET)/train --test $(PARQUET)/test \
+		--output $(OUT) --if-exists overwrite $(TRAIN_ARGS)
+
+test: install
+	$(PY) -m pytest
+
+lint: install
+	$(VENV)/bin/ruff check .
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache .ruff_cache
