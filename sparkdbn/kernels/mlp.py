@@ -104,9 +104,11 @@ class SGDConfig:
     momentum: float = 0.9
     weight_decay: float = 1e-5  # L2 on weights only: biases are not decayed
     batch_size: int = 100
+    dropout: float = 0.0  # probability of dropping each hidden unit while training
 
     def __post_init__(self) -> None:
         checks = {
+            "dropout": 0 <= self.dropout < 1,
             "learning_rate": self.learning_rate > 0,
             "momentum": 0 <= self.momentum < 1,
             "weight_decay": self.weight_decay >= 0,
@@ -238,17 +240,19 @@ def sgd_epoch(
     order = rng.permutation(n_rows)
     batch = min(cfg.batch_size, n_rows)
     buf = _Buffers(params, batch, with_decay=cfg.weight_decay > 0)
+    keep = 1.0 - cfg.dropout
     for start in range(0, n_rows, batch):
         idx = order[start : start + batch]
         short = buf.view(idx.shape[0])
         # Indices come from a permutation: mode="clip" skips take's bounds-checking copy.
         Xb = np.take(X, idx, axis=0, out=short.X, mode="clip")
         yb = y[idx]
-        acts = _forward(params, Xb, short.acts)
+        drop = (keep, rng, short.masks) if cfg.dropout else None
+        acts = _forward(params, Xb, short.acts, drop)
         log_proba = acts[-1]
         stats.loss_sum -= float(_true_class(log_proba, yb).sum(dtype=np.float64))
         stats.correct += int(np.count_nonzero(log_proba.argmax(axis=1) == yb))
-        _backward(params, acts, yb, buf.grads, short.deltas)
+        _backward(params, acts, yb, buf.grads, short.deltas, keep)
         _sgd_step(params, velocity, buf.grads, cfg, buf.decay)
     return stats
 
@@ -262,6 +266,7 @@ class _Buffers:
         self.acts = [np.empty((batch, n), dtype) for n in sizes[1:]]
         # deltas[i] holds dLoss/d(pre-activation of hidden layer i + 1) during backprop.
         self.deltas = [np.empty((batch, n), dtype) for n in sizes[1:-1]]
+        self.masks = [np.empty((batch, n), dtype) for n in sizes[1:-1]]
         self.grads = params.zeros_like()
         self.decay = [np.empty_like(W) for W in params.weights] if with_decay else []
 
@@ -273,6 +278,7 @@ class _Buffers:
         short.X = self.X[:n]
         short.acts = [a[:n] for a in self.acts]
         short.deltas = [d[:n] for d in self.deltas]
+        short.masks = [m[:n] for m in self.masks]
         short.grads, short.decay = self.grads, self.decay
         return short
 
@@ -320,16 +326,36 @@ def _log_softmax(z: np.ndarray) -> np.ndarray:
 
 
 def _forward(
-    params: MLPParams, X: np.ndarray, out: list[np.ndarray] | None = None
+    params: MLPParams,
+    X: np.ndarray,
+    out: list[np.ndarray] | None = None,
+    drop: tuple[float, np.random.Generator, list[np.ndarray]] | None = None,
 ) -> list[np.ndarray]:
-    """[X, sigmoid activations..., log-probabilities]; log space gives the loss without log(0)."""
+    """[X, sigmoid activations..., log-probabilities]; log space gives the loss without log(0).
+
+    `drop` = (keep, rng, mask buffers) applies dropout to the hidden layers (training only).
+    """
     acts = [X]
     last = len(params.weights) - 1
     for i, (W, b) in enumerate(zip(params.weights, params.biases, strict=True)):
         z = np.matmul(acts[-1], W, out=None if out is None else out[i])
         z += b
-        acts.append(_log_softmax(z) if i == last else _sigmoid(z))
+        if i == last:
+            acts.append(_log_softmax(z))
+            continue
+        acts.append(_sigmoid(z))
+        if drop is not None:
+            _drop(acts[-1], drop[0], drop[1], drop[2][i])
     return acts
+
+
+def _drop(a: np.ndarray, keep: float, rng: np.random.Generator, mask: np.ndarray) -> None:
+    """Inverted dropout in place: a ⊙ Bernoulli(keep) / keep, so the next layer's expected
+    input is unchanged and prediction needs no rescaling."""
+    rng.random(out=mask, dtype=mask.dtype)
+    np.less(mask, keep, out=mask)
+    mask *= mask.dtype.type(1.0 / keep)
+    a *= mask
 
 
 def _true_class(log_proba: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -342,8 +368,13 @@ def _backward(
     y: np.ndarray,
     grads: MLPParams,
     deltas: list[np.ndarray] | None = None,
+    keep: float = 1.0,
 ) -> None:
-    """Gradients of the mean cross-entropy into `grads`; consumes (overwrites) acts[1:]."""
+    """Gradients of the mean cross-entropy into `grads`; consumes (overwrites) acts[1:].
+
+    With dropout, a hidden activation a = mask·σ holds σ = keep·a where the unit was kept, so
+    the sigmoid's derivative through the mask is a·(1 - keep·a), and 0 where it was dropped.
+    """
     n = y.shape[0]
     # Softmax + cross-entropy: dLoss/dlogits = (P - onehot(y)) / n.
     delta = np.exp(acts[-1], out=acts[-1])
@@ -358,6 +389,8 @@ def _backward(
         # Through sigmoid layer i: delta_prev = (delta Wᵀ) ⊙ a ⊙ (1 - a), a is overwritten.
         back = np.matmul(delta, params.weights[i].T, out=None if deltas is None else deltas[i - 1])
         back *= a
+        if keep != 1.0:
+            a *= a.dtype.type(keep)
         np.subtract(1, a, out=a)
         back *= a
         delta = back

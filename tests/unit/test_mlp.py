@@ -325,3 +325,47 @@ def test_inputs_are_validated():
         MLPParams([np.zeros((3, 4), np.float32)], [np.zeros(5, np.float32)])
     with pytest.raises(ValueError, match="empty"):
         from_pretrained([], 3, rng)
+
+
+def test_dropout_step_is_the_exact_gradient_of_the_masked_net():
+    """With dropout, one full-batch step (lr 1, no momentum) equals minus the finite-difference
+    gradient of the loss of the net with the very masks the kernel drew (replayed from the
+    same seed: the row permutation first, then one uniform draw per hidden layer)."""
+    rng = np.random.default_rng(3)
+    sizes, n, keep, seed = [5, 4, 3, 3], 8, 0.6, 11
+    params = random_params(sizes, rng)
+    X = rng.standard_normal((n, 5))
+    y = rng.integers(0, 3, n)
+    replay = np.random.default_rng(seed)
+    order = replay.permutation(n)
+    masks = [(replay.random((n, h)) < keep) / keep for h in sizes[1:-1]]
+    Xo, yo = X[order], y[order]
+
+    def masked_loss(p: MLPParams) -> float:
+        a = Xo
+        for W, b, mask in zip(p.weights[:-1], p.biases[:-1], masks, strict=True):
+            a = mask / (1 + np.exp(-(a @ W + b)))
+        z = a @ p.weights[-1] + p.biases[-1]
+        logp = z - z.max(axis=1, keepdims=True)
+        logp -= np.log(np.exp(logp).sum(axis=1, keepdims=True))
+        return -logp[np.arange(n), yo].mean()
+
+    stepped = params.copy()
+    cfg = SGDConfig(learning_rate=1.0, momentum=0.0, weight_decay=0.0, batch_size=n, dropout=0.4)
+    sgd_epoch(stepped, stepped.zeros_like(), X, y, cfg, np.random.default_rng(seed))
+    eps = 1e-6
+    for before, after in (
+        (params.weights, stepped.weights),
+        (params.biases, stepped.biases),
+    ):
+        for p, q in zip(before, after, strict=True):
+            numeric = np.empty_like(p)
+            for idx in np.ndindex(p.shape):
+                saved = p[idx]
+                p[idx] = saved + eps
+                up = masked_loss(params)
+                p[idx] = saved - eps
+                down = masked_loss(params)
+                p[idx] = saved
+                numeric[idx] = (up - down) / (2 * eps)
+            np.testing.assert_allclose(p - q, numeric, rtol=1e-5, atol=1e-8)
