@@ -73,6 +73,9 @@ class TrainConfig:
         default=1e-5, metadata={"help": "fine-tuning L2 weight decay"}
     )
     finetune_batch_size: int = field(default=100, metadata={"help": "fine-tuning mini-batch"})
+    finetune_dropout: float = field(
+        default=0.0, metadata={"help": "probability of dropping a hidden unit in fine-tuning"}
+    )
     finetune_lr_decay: float = field(
         default=1.0, metadata={"help": "fine-tuning learning rate factor per epoch"}
     )
@@ -106,6 +109,10 @@ class TrainConfig:
         for name in ("weight_decay", "finetune_weight_decay", "finetune_epochs"):
             if getattr(self, name) < 0:
                 raise InputError(f"config {name} must be >= 0, got {getattr(self, name)!r}")
+        if not 0 <= self.finetune_dropout < 1:
+            raise InputError(
+                f"config finetune_dropout must be in [0, 1), got {self.finetune_dropout!r}"
+            )
         if self.n_classes is not None and self.n_classes < 2:
             raise InputError(f"config n_classes must be >= 2, got {self.n_classes!r}")
         if self.partitions is not None and self.partitions <= 0:

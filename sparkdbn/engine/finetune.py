@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass
 
@@ -58,7 +59,7 @@ def finetune(
     history: list[FinetuneEpoch] = []
     for epoch in range(epochs):
         lr = cfg.learning_rate * lr_decay**epoch
-        epoch_cfg = SGDConfig(lr, cfg.momentum, cfg.weight_decay, cfg.batch_size)
+        epoch_cfg = dataclasses.replace(cfg, learning_rate=lr)
         start = time.perf_counter()
         with described(spark, f"{name} · epoch {epoch + 1}"):
             result = average_round(

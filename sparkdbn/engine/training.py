@@ -38,6 +38,7 @@ def _sgd_config(cfg: TrainConfig) -> SGDConfig:
         cfg.finetune_momentum,
         cfg.finetune_weight_decay,
         cfg.finetune_batch_size,
+        cfg.finetune_dropout,
     )
 
 
