@@ -37,7 +37,13 @@ class TrainConfig:
     epochs: int = field(default=10, metadata={"help": "pretraining epochs per layer"})
     k: int = field(default=1, metadata={"help": "Gibbs steps of CD-k"})
     learning_rate: float = field(default=0.1, metadata={"help": "CD learning rate"})
-    momentum: float = field(default=0.5, metadata={"help": "CD momentum"})
+    momentum: float = field(default=0.5, metadata={"help": "CD momentum (first epochs)"})
+    final_momentum: float | None = field(
+        default=None, metadata={"help": "CD momentum after momentum_epochs (Hinton: 0.9)"}
+    )
+    momentum_epochs: int = field(
+        default=5, metadata={"help": "epochs at the initial momentum before final_momentum"}
+    )
     weight_decay: float = field(default=0.0002, metadata={"help": "L2 weight decay (CD)"})
     batch_size: int = field(default=100, metadata={"help": "mini-batch rows"})
     sample_visible: bool = field(
@@ -103,10 +109,10 @@ class TrainConfig:
         for name in positive:
             if getattr(self, name) <= 0:
                 raise InputError(f"config {name} must be > 0, got {getattr(self, name)!r}")
-        for name in ("momentum", "finetune_momentum"):
-            if not 0 <= getattr(self, name) < 1:
+        for name in ("momentum", "final_momentum", "finetune_momentum"):
+            if getattr(self, name) is not None and not 0 <= getattr(self, name) < 1:
                 raise InputError(f"config {name} must be in [0, 1), got {getattr(self, name)!r}")
-        for name in ("weight_decay", "finetune_weight_decay", "finetune_epochs"):
+        for name in ("weight_decay", "finetune_weight_decay", "finetune_epochs", "momentum_epochs"):
             if getattr(self, name) < 0:
                 raise InputError(f"config {name} must be >= 0, got {getattr(self, name)!r}")
         if not 0 <= self.finetune_dropout < 1:

@@ -27,6 +27,21 @@ def cd_config(cfg: TrainConfig, layer: int) -> CDConfig:
     )
 
 
+def layer_trainer(
+    spark: SparkSession,
+    cfg: TrainConfig,
+    layer: int,
+    params: RBMParams,
+    run: RunLog,
+    pool: str | None = None,
+) -> LayerTrainer:
+    """A trainer for `layer` with the run's CD settings and momentum schedule."""
+    return LayerTrainer(
+        spark, layer, params, cd_config(cfg, layer), cfg.seed, cfg.epochs, run, pool,
+        cfg.final_momentum, cfg.momentum_epochs,
+    )
+
+
 def initial_params(cfg: TrainConfig, layer: int) -> RBMParams:
     rng = np.random.default_rng([cfg.seed, layer])
     return RBMParams.init(cfg.layers[layer], cfg.layers[layer + 1], rng)
@@ -39,10 +54,7 @@ def pretrain_sequential(
     layers: list[RBMParams] = []
     current = data
     for layer in range(len(cfg.layers) - 1):
-        trainer = LayerTrainer(
-            spark, layer, initial_params(cfg, layer), cd_config(cfg, layer), cfg.seed,
-            cfg.epochs, run,
-        )
+        trainer = layer_trainer(spark, cfg, layer, initial_params(cfg, layer), run)
         while not trainer.done:
             trainer.train_epoch(current)
         layers.append(trainer.params)

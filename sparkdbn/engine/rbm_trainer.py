@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 
 import numpy as np
@@ -47,6 +48,8 @@ class LayerTrainer:
         epochs: int,
         run: RunLog,
         pool: str | None = None,
+        final_momentum: float | None = None,
+        momentum_epochs: int = 0,
     ) -> None:
         self.spark = spark
         self.layer = layer
@@ -59,12 +62,19 @@ class LayerTrainer:
         self.state = np.concatenate([params.to_flat(), params.zeros_like().to_flat()])
         self.epoch = 0
         self.log: LayerLog = run.layer(layer, self.n_visible, self.n_hidden)
-        self._step = rbm_step(self.n_visible, self.n_hidden, cfg)
+        self.final_momentum = final_momentum
+        self.momentum_epochs = momentum_epochs
 
     @property
     def params(self) -> RBMParams:
         size = self.n_visible * self.n_hidden + self.n_visible + self.n_hidden
         return RBMParams.from_flat(self.state[:size], self.n_visible, self.n_hidden)
+
+    def epoch_config(self) -> CDConfig:
+        """Hinton's schedule: the initial momentum first, then `final_momentum` if set."""
+        if self.final_momentum is None or self.epoch < self.momentum_epochs:
+            return self.cfg
+        return dataclasses.replace(self.cfg, momentum=self.final_momentum)
 
     @property
     def done(self) -> bool:
@@ -84,7 +94,7 @@ class LayerTrainer:
             result = average_round(
                 data.df.select(PACKED_X),
                 self.state,
-                self._step,
+                rbm_step(self.n_visible, self.n_hidden, self.epoch_config()),
                 (self.seed, self.layer, self.epoch),
                 data.partitions,
             )

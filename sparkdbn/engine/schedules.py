@@ -27,7 +27,7 @@ from pyspark.sql import SparkSession
 from sparkdbn.config import TrainConfig, tie_plan
 from sparkdbn.data import PackedData
 from sparkdbn.engine.jobinfo import described
-from sparkdbn.engine.pretrain import cd_config, initial_params, pretrain_sequential
+from sparkdbn.engine.pretrain import initial_params, layer_trainer, pretrain_sequential
 from sparkdbn.engine.rbm_trainer import LayerTrainer
 from sparkdbn.engine.representation import hidden_frame
 from sparkdbn.engine.store import RepresentationStore, Version
@@ -175,10 +175,7 @@ def run_layer(
             params = tie(params, how)
     else:
         params = initial_params(cfg, layer)
-    trainer = LayerTrainer(
-        spark, layer, params, cd_config(cfg, layer), cfg.seed, cfg.epochs, run,
-        pool=f"layer{layer}",
-    )
+    trainer = layer_trainer(spark, cfg, layer, params, run, pool=f"layer{layer}")
     source = None if layer == 0 else _Input(shared.stores[layer - 1], f"layer{layer}", shared)
     rough_limit = 0 if cfg.schedule == "sequential" else cfg.epochs - cfg.final_epochs
     try:

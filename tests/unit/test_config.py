@@ -1,0 +1,62 @@
+"""Config: the documented defaults file matches the code, and bad values name their key."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from sparkdbn.config import TrainConfig, load_config
+from sparkdbn.errors import InputError
+
+CONF = Path(__file__).resolve().parents[2] / "conf"
+
+
+def test_default_toml_documents_the_real_defaults() -> None:
+    assert load_config(CONF / "default.toml", {}) == TrainConfig()
+
+
+def test_shipped_configs_are_valid() -> None:
+    cfg = load_config(CONF / "fashion_mnist.toml", {})
+    assert cfg.layers[0] == 784 and cfg.finetune_epochs > 0
+
+
+def test_flags_override_the_file(tmp_path: Path) -> None:
+    file = tmp_path / "c.toml"
+    file.write_text("epochs = 3\nlayers = [10, 5]\nlearning_rate = 1\n")
+    cfg = load_config(file, {"epochs": 7, "k": None})
+    assert (cfg.epochs, cfg.layers, cfg.learning_rate, cfg.k) == (7, [10, 5], 1.0, 1)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("bogus = 1", "unknown config key 'bogus'"),
+        ("epochs = 'ten'", "config epochs must be int"),
+        ("epochs = 0", "config epochs must be > 0"),
+        ("k = -1", "config k must be > 0"),
+        ("learning_rate = 0", "config learning_rate must be > 0"),
+        ("momentum = 1.0", "config momentum must be in [0, 1)"),
+        ("layers = [784]", "config layers must list at least two positive sizes"),
+        ("layers = [784, 0]", "config layers must list at least two positive sizes"),
+        ("layers = [784, 'a']", "config layers must be a list of integers"),
+        ("visible = 'poisson'", "config visible must be one of bernoulli|gaussian"),
+        ("schedule = 'eager'", "config schedule must be one of"),
+        ("batch_size = 2.5", "config batch_size must be int"),
+        ("sample_visible = 1", "config sample_visible must be bool"),
+        ("finetune_dropout = 1.0", "config finetune_dropout must be in [0, 1)"),
+        ("epochs = 2\nfinal_epochs = 3\nschedule = 'pipelined'", "must not exceed epochs"),
+        ("epochs = [", "is not valid TOML"),
+    ],
+)
+def test_bad_values_name_their_key(tmp_path: Path, text: str, message: str) -> None:
+    file = tmp_path / "bad.toml"
+    file.write_text(text + "\n")
+    with pytest.raises(InputError, match=re.escape(message)):
+        load_config(file, {})
+
+
+def test_missing_config_file() -> None:
+    with pytest.raises(InputError, match="does not exist"):
+        load_config("/nonexistent/c.toml", {})
