@@ -21,6 +21,8 @@ import numpy as np
 import pyarrow as pa
 from pyspark.sql import DataFrame
 
+from sparkdbn.engine.threads import task_blas_threads
+
 STATE_SCHEMA = "part int, chunk int, n long, sums binary, data binary"
 REDUCED_SCHEMA = "chunk int, n long, sums binary, data binary"
 # Upper bound for the bytes one reduce group holds (partitions × chunk floats × 4).
@@ -57,7 +59,8 @@ def _map_partitions(
             return
         part = TaskContext.get().partitionId()
         rng = np.random.default_rng([*seed_key, part])
-        new_state, n, sums = step(table, state.copy(), rng)
+        with task_blas_threads():
+            new_state, n, sums = step(table, state.copy(), rng)
         starts = range(0, new_state.size, chunk)
         yield pa.RecordBatch.from_pydict(
             {

@@ -13,6 +13,7 @@ from pyspark.sql.types import ArrayType, DoubleType, StructField, StructType
 
 from sparkdbn.columns import features_to_numpy, unpack_rows
 from sparkdbn.data import PACKED_LABEL, PACKED_X, PackedData
+from sparkdbn.engine.threads import task_blas_threads
 from sparkdbn.kernels.mlp import MLPParams, predict_proba
 from sparkdbn.model import DBNModel
 
@@ -22,7 +23,8 @@ def _predict_batches(params: MLPParams, keep: list[str]):
 
     def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         for batch in batches:
-            proba = predict_proba(params, unpack_rows(batch.column(PACKED_X), width))
+            with task_blas_threads():
+                proba = predict_proba(params, unpack_rows(batch.column(PACKED_X), width))
             columns = {name: batch.column(name) for name in keep}
             columns["prediction"] = pa.array(proba.argmax(axis=1).astype(np.float64))
             columns["probability"] = _probability_column(proba)
@@ -98,7 +100,8 @@ def _predict_features(params: MLPParams, features_col: str, names: list[str]):
                     f"column {features_col!r}: row {bad} of a batch has {widths[bad]} values, "
                     f"the model expects {width}"
                 )
-            proba = predict_proba(params, X.reshape(-1, width))
+            with task_blas_threads():
+                proba = predict_proba(params, X.reshape(-1, width))
             columns = {name: batch.column(name) for name in batch.schema.names}
             columns[names[0]] = pa.array(proba.argmax(axis=1).astype(np.float64))
             columns[names[1]] = _probability_column(proba)

@@ -12,6 +12,7 @@ from pyspark.sql import DataFrame
 from sparkdbn.columns import pack_rows, unpack_rows
 from sparkdbn.config import REPRESENTATIONS
 from sparkdbn.data import PACKED_ID, PACKED_LABEL, PACKED_X, PackedData
+from sparkdbn.engine.threads import task_blas_threads
 from sparkdbn.kernels.rbm import DTYPE, RBMParams, hidden_probs, sample_bernoulli
 
 
@@ -22,7 +23,8 @@ def _transform_batches(params: RBMParams, mode: str, seed_key: tuple[int, ...]):
         rng = np.random.default_rng([*seed_key, TaskContext.get().partitionId()])
         for batch in batches:
             X = unpack_rows(batch.column(PACKED_X), params.n_visible)
-            H = hidden_probs(params, X)
+            with task_blas_threads():
+                H = hidden_probs(params, X)
             if mode == "sample":
                 H = sample_bernoulli(H, rng, out=np.empty_like(H, dtype=DTYPE))
             columns = {name: batch.column(name) for name in batch.schema.names}
