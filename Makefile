@@ -8,19 +8,20 @@ PARQUET ?= data/fashion-mnist
 OUT ?= out/fashion_mnist
 CONFIG ?= conf/fashion_mnist.toml
 TRAIN_ARGS ?=
+DIST ?= dist
 
 # Spark's Python workers must run the virtual environment's interpreter.
 export PYSPARK_PYTHON := $(abspath $(PY))
 export PYSPARK_DRIVER_PYTHON := $(abspath $(PY))
 
-.PHONY: install train test lint bench dist clean
+.PHONY: install train test lint bench dist pyfiles clean
 
 install: $(VENV)/.installed
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[spark,test,bench]'
+	$(PY) -m pip install --quiet -e '.[spark,test,bench,plots]'
 	touch $@
 
 # Debian's dataset-fashion-mnist holds the official files; fetched only when missing.
@@ -42,6 +43,20 @@ test: install
 
 lint: install
 	$(VENV)/bin/ruff check .
+
+# A wheel for pip, and the package as one zip for `spark-submit --py-files` (see README).
+dist: install pyfiles
+	$(PY) -m pip wheel --quiet --no-deps -w $(DIST) .
+
+# Standard library only, so any python3 builds it; resources included, bytecode caches not.
+pyfiles:
+	@mkdir -p $(DIST)
+	$(PYTHON) -c 'import pathlib, sys, zipfile; \
+		files = sorted(p for p in pathlib.Path("sparkdbn").rglob("*") if p.is_file() \
+			and "__pycache__" not in p.parts and p.suffix not in (".pyc", ".pyo")); \
+		z = zipfile.ZipFile(sys.argv[1], "w", zipfile.ZIP_DEFLATED); \
+		[z.write(p, p.as_posix()) for p in files]; z.close()' $(DIST)/sparkdbn.zip.tmp
+	mv $(DIST)/sparkdbn.zip.tmp $(DIST)/sparkdbn.zip
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache .ruff_cache

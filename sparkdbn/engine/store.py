@@ -280,7 +280,8 @@ class RepresentationStore:
         number = max(used, default=0) + 1
         path = self._data_path(number)
         columns = [c for c in (PACKED_ID, PACKED_X, PACKED_LABEL) if c in fields]
-        df.select(*columns).write.mode("errorifexists").parquet(path)
+        # "error", not its alias "errorifexists", which the Spark Connect client rejects
+        df.select(*columns).write.mode("error").parquet(path)
         n_rows, checksum, _ = _stats(self.spark.read.parquet(path), width)
         record = {
             "version": number,
