@@ -64,7 +64,7 @@ class RunLog:
             "schedule": self.schedule,
             "run_started_at": self.started_iso,
             "run_started_unix": round(self.started, 3),
-            "layers": [asdict(lg) for lg in self.layers],
+            "layers": [asdict(lg) for lg in sorted(self.layers, key=lambda lg: lg.layer)],
             "makespan_seconds": max(ends) if ends else None,
             **self.extra,
         }

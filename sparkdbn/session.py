@@ -25,13 +25,15 @@ def get_session(app_name: str, master: str | None = None) -> SparkSession:
 
     Under spark-submit the launcher sets PYSPARK_GATEWAY_PORT and the master comes from its
     flags; with SPARK_REMOTE set the builder connects to Spark Connect. Only a plain
-    `python jobs/x.py` starts its own local[*] session, with quiet console defaults.
+    `python jobs/x.py` starts its own session: SPARKDBN_MASTER or local[*], with quiet console
+    defaults and SPARKDBN_DRIVER_MEMORY (default 6g) for the driver.
     """
     active = SparkSession.getActiveSession()
     if active is not None:
         return active
     builder = SparkSession.builder.appName(app_name)
     launched = "PYSPARK_GATEWAY_PORT" in os.environ or "SPARK_REMOTE" in os.environ
+    master = master or os.environ.get("SPARKDBN_MASTER")
     if master is not None or not launched:
         builder = builder.master(master or "local[*]")
         for key, value in LOCAL_DEFAULTS.items():
