@@ -41,6 +41,10 @@ train: $(PARQUET)/train/_SUCCESS
 test: install
 	$(PY) -m pytest
 
+# The benchmark measures best on an otherwise idle machine; see README "Performance".
+bench: install
+	$(PY) jobs/benchmark.py --output out/benchmark.json
+
 lint: install
 	$(VENV)/bin/ruff check .
 

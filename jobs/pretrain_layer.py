@@ -70,6 +70,7 @@ def main(argv: list[str] | None = None) -> None:
     shared = make_shared(spark, cfg, cfg.store)
     shared.wait_timeout = args.wait_timeout
     log = RunLog(cfg.schedule)
+    log.say(f"layer {args.layer} ready")  # orchestrators may start the layer below now
     params = run_layer(spark, args.layer, data, cfg, log, shared)
     with atomic_directory(cfg.output) as tmp:
         np.savez(tmp / "layer.npz", W=params.W, vbias=params.vbias, hbias=params.hbias)

@@ -1,0 +1,201 @@
+"""Measure sparkdbn against this machine's limits; print one JSON object and a table.
+
+    python jobs/benchmark.py --output bench.json            # full Fashion-MNIST when prepared
+    python jobs/benchmark.py --rows 4000 --repeats 1 --epochs 2   # a quick look
+
+Data: data/fashion-mnist/train (make train prepares it) or --data; else random binary data of
+the same shape (the JSON says which). Every figure is a median after a warm-up.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+
+from sparkdbn import benchmark as bm
+from sparkdbn.cli import run
+from sparkdbn.config import parse_sizes
+from sparkdbn.errors import InputError
+from sparkdbn.kernels.rbm import CDConfig
+
+DEFAULT_DATA = bm.REPO / "data" / "fashion-mnist" / "train"
+JOBS = bm.REPO / "jobs"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="benchmark", description=__doc__.splitlines()[0])
+    parser.add_argument("--data", help=f"Parquet training data (default: {DEFAULT_DATA})")
+    parser.add_argument("--rows", type=int, default=60000, help="rows (random data or a prefix)")
+    parser.add_argument("--hidden", type=int, default=500, help="hidden units of the epoch tests")
+    parser.add_argument("--repeats", type=int, default=3, help="timed repetitions per figure")
+    parser.add_argument("--epochs", type=int, default=6, help="epochs per layer in makespans")
+    parser.add_argument(
+        "--layers", default="784,500,784",
+        help="DBN of the makespan runs; must tie for the tied schedule (default 784,500,784)",
+    )
+    parser.add_argument("--partitions", type=int, default=2, help="training data partitions")
+    parser.add_argument("--output", help="also write the JSON here")
+    parser.add_argument("--scale", type=int, help=argparse.SUPPRESS)  # internal: one epoch run
+    return parser
+
+
+def _subprocess_env(master: str) -> dict[str, str]:
+    return {**os.environ, "SPARKDBN_MASTER": master, "PYSPARK_PYTHON": sys.executable}
+
+
+def _epoch_subprocess(args: argparse.Namespace, data: str, scale: int) -> dict:
+    """Epoch seconds and driver peak memory at 1× or 4× the rows, in a fresh application."""
+    cmd = [
+        str(JOBS / "benchmark.py"), "--data", data, "--scale", str(scale),
+        "--hidden", str(args.hidden), "--repeats", str(args.repeats),
+        "--partitions", str(args.partitions),
+    ]
+    return bm.run_json_subprocess(cmd, _subprocess_env("local[*]"))
+
+
+def _scale_main(args: argparse.Namespace) -> None:
+    from sparkdbn.engine.bench import epoch_at_scale
+    from sparkdbn.session import get_session
+
+    spark = get_session("sparkdbn benchmark epoch")
+    seconds = epoch_at_scale(
+        spark, args.data, args.scale, args.hidden, CDConfig(), args.partitions, args.repeats
+    )
+    print(json.dumps({"epoch_seconds": seconds, "driver_peak_rss_mb": bm.peak_rss_mb()}))
+
+
+def _per_layer_core(args: argparse.Namespace, data: str, layers: list[int]) -> dict:
+    """Sequential greedy on one core vs pipelined with one single-core application per layer."""
+    tmp = bm.temp_dir()
+    common = [
+        "--layers", ",".join(map(str, layers)), "--epochs", str(args.epochs),
+        "--partitions", "1", "--publish-every", "2", "--final-epochs", "1",
+    ]
+    seq = subprocess.run(
+        [sys.executable, str(JOBS / "train_dbn.py"), "--train", data, "--output",
+         str(tmp / "seq"), "--schedule", "sequential", *common],
+        env=_subprocess_env("local[1]"), capture_output=True, text=True, check=False,
+    )
+    if seq.returncode != 0:
+        raise RuntimeError(f"sequential run failed:\n{seq.stderr[-3000:]}")
+    sequential = json.loads((tmp / "seq" / "metrics.json").read_text())["makespan_seconds"]
+    def start(layer: int) -> subprocess.Popen[str]:
+        log = tmp / f"layer{layer}.log"
+        with open(log, "w") as out:
+            return subprocess.Popen(
+                [sys.executable, str(JOBS / "pretrain_layer.py"), "--layer", str(layer),
+                 "--store", str(tmp / "store"), "--output", str(tmp / f"layer{layer}"),
+                 "--schedule", "pipelined", *common, *(["--train", data] if layer == 0 else [])],
+                env=_subprocess_env("local[1]"), stdout=out, stderr=subprocess.STDOUT,
+            )
+
+    # Upper layers first, each until it is up and waiting: as machines that are already booted
+    # when layer 0 starts, so application start-up does not count against the pipeline.
+    procs = []
+    for layer in range(len(layers) - 2, -1, -1):
+        procs.append(start(layer))
+        while layer > 0 and f"layer {layer} ready" not in (tmp / f"layer{layer}.log").read_text():
+            if procs[-1].poll() is not None:
+                break
+            time.sleep(0.2)
+    for layer, proc in zip(range(len(layers) - 2, -1, -1), procs, strict=True):
+        if proc.wait() != 0:
+            log = (tmp / f"layer{layer}.log").read_text()
+            raise RuntimeError(f"pretrain_layer {layer} failed:\n{log[-3000:]}")
+    spans = [
+        span
+        for layer in range(len(layers) - 1)
+        for span in bm.layer_spans(json.loads((tmp / f"layer{layer}" / "metrics.json").read_text()))
+    ]
+    pipelined = max(e for _, e in spans) - min(s for s, _ in spans)
+    return {
+        "sequential_1core_makespan_seconds": sequential,
+        "pipelined_1core_per_layer_makespan_seconds": pipelined,
+        "pipelined_speedup_per_layer_core": sequential / pipelined,
+    }
+
+
+def _load(path: str, rows: int) -> np.ndarray:
+    table = pq.read_table(path, columns=["features"])
+    flat = table.column("features").combine_chunks().flatten().to_numpy()
+    X = flat.astype(np.float32).reshape(table.num_rows, -1)
+    return X[:rows]
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    if args.scale is not None:
+        _scale_main(args)
+        return
+    layers = parse_sizes("--layers", args.layers)
+    if min(args.rows, args.repeats, args.epochs, args.partitions, args.hidden) < 1:
+        raise InputError("--rows, --repeats, --epochs, --partitions and --hidden must be >= 1")
+    source = args.data or (str(DEFAULT_DATA) if DEFAULT_DATA.exists() else None)
+    tmp = bm.temp_dir()
+    data = str(tmp / "data")
+    if source is None:
+        source_kind = f"random binary data, {args.rows} x 784 (Fashion-MNIST not prepared)"
+        rng = np.random.default_rng(0)
+        X = (rng.random((args.rows, 784), dtype=np.float32) < 0.3).astype(np.float32)
+    else:
+        X = _load(source, args.rows)
+        source_kind = f"{len(X)} rows of {source}"
+    bm.write_parquet(Path(data), X, args.partitions)
+    n, width = X.shape
+    cfg = CDConfig()
+    out: dict = {"data": source_kind, "rows": n, "machine": bm.machine(),
+                 "settings": {"hidden": args.hidden, "k": cfg.k, "batch_size": cfg.batch_size,
+                              "repeats": args.repeats, "partitions": args.partitions,
+                              "makespan_layers": layers, "makespan_epochs": args.epochs}}
+    out["sgemm_gflops"] = bm.sgemm_gflops(repeats=max(args.repeats, 3))
+    out["numpy_epoch_seconds"] = bm.numpy_epoch_seconds(X, args.hidden, cfg, args.repeats)
+    out["sklearn_epoch_seconds"] = bm.sklearn_epoch_seconds(X, args.hidden, 100, args.repeats)
+
+    one = _epoch_subprocess(args, data, 1)
+    four = _epoch_subprocess(args, data, 4)
+    out["spark_epoch_seconds"] = one["epoch_seconds"]
+    out["spark_overhead_ratio"] = one["epoch_seconds"] / out["numpy_epoch_seconds"]
+    out["cd_gflops"] = bm.cd_flops(n, width, args.hidden, cfg.k) / one["epoch_seconds"] / 1e9
+    out["fraction_of_sgemm"] = out["cd_gflops"] / out["sgemm_gflops"]
+    if out["sklearn_epoch_seconds"] is not None:
+        out["speedup_vs_sklearn"] = out["sklearn_epoch_seconds"] / one["epoch_seconds"]
+    out["scaling_ratio_4x"] = four["epoch_seconds"] / one["epoch_seconds"]
+    out["driver_peak_rss_mb"] = {"1x": one["driver_peak_rss_mb"], "4x": four["driver_peak_rss_mb"]}
+
+    from sparkdbn.engine.bench import makespan
+    from sparkdbn.session import get_session
+
+    spark = get_session("sparkdbn benchmark")
+    for schedule in ("sequential", "pipelined", "tied"):
+        out[f"{schedule}_makespan_seconds"] = makespan(
+            spark, data, layers, schedule, args.epochs, args.partitions, tmp / "stores",
+            publish_every=2, final_epochs=1,
+        )
+    out.update(_per_layer_core(args, data, layers))
+    out["measured_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    print(table(out))
+    text = json.dumps(out, indent=2)
+    print(text)
+    if args.output:
+        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.output).write_text(text + "\n")
+
+
+def table(out: dict) -> str:
+    rows = [(k, v) for k, v in out.items() if isinstance(v, int | float)]
+    width = max(len(k) for k, _ in rows)
+    lines = [f"{'figure':<{width}}  value", f"{'-' * width}  -----"]
+    lines += [f"{k:<{width}}  {v:,.3f}" for k, v in rows]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(run(main))
