@@ -3,7 +3,12 @@
     python jobs/train_dbn.py --train data/train --output out/run1 --layers 784,500
     spark-submit --py-files sparkdbn.zip jobs/train_dbn.py --config conf/fashion_mnist.toml ...
 
-Exit codes: 0 success, 2 bad input or config (one line on stderr), 1 other failures.
+With checkpoints on (--checkpoint-every, default 1 epoch) a killed or failed run resumes with
+--if-exists resume: finished layers are skipped and the current one continues from its last
+checkpointed epoch (bit-identical under the sequential schedule).
+
+Exit codes: 0 success, 2 bad input or config, or training diverged (one line on stderr),
+1 other failures.
 """
 
 from __future__ import annotations
@@ -11,11 +16,13 @@ from __future__ import annotations
 import argparse
 import shutil
 import sys
+from pathlib import Path
 
 from sparkdbn.cli import run
 from sparkdbn.config import add_arguments, config_from_args
+from sparkdbn.engine.checkpoint import Checkpoint, check_finished, checkpoint_dir
 from sparkdbn.errors import InputError
-from sparkdbn.fsutil import check_target
+from sparkdbn.fsutil import RESUMABLE_IF_EXISTS, check_target
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -31,20 +38,34 @@ def main(argv: list[str] | None = None) -> None:
     cfg = config_from_args(build_parser().parse_args(argv))
     if cfg.train is None or cfg.output is None:
         raise InputError("--train and --output are required (flags or config keys)")
-    check_target(cfg.output, cfg.if_exists)
+    checkpoint = Checkpoint(checkpoint_dir(cfg.output), cfg.to_dict(), cfg.checkpoint_every)
+    if cfg.if_exists == "resume" and Path(cfg.output).exists():
+        check_finished(cfg.output, cfg.to_dict())
+        checkpoint.remove()  # left over if the last run was killed right after its commit
+        print(f"{cfg.output} is already complete with this config: nothing to resume")
+        return
+    check_target(cfg.output, cfg.if_exists, RESUMABLE_IF_EXISTS)
+    checkpoint.prepare(cfg.if_exists)
 
     from sparkdbn.engine.training import default_store, train, write_outputs
     from sparkdbn.metrics import gantt
     from sparkdbn.session import get_session
 
     spark = get_session("sparkdbn train_dbn")
+    own_store = cfg.store is None
     store = cfg.store or str(default_store(cfg.output))
+    if own_store and not checkpoint.exists():
+        shutil.rmtree(store, ignore_errors=True)  # a killed run's versions: not for a fresh run
     try:
-        result = train(spark, cfg, store)
-    finally:
-        if cfg.store is None:
+        result = train(spark, cfg, store, checkpoint=checkpoint)
+    except BaseException:
+        if own_store and not checkpoint.exists():  # else kept: a resumed run reads its versions
             shutil.rmtree(store, ignore_errors=True)
+        raise
+    if own_store:
+        shutil.rmtree(store, ignore_errors=True)
     write_outputs(result, cfg.output)
+    checkpoint.remove()
     print(gantt(result.run))
     if result.evaluation is not None:
         print(result.evaluation.table())

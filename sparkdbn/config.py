@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from sparkdbn.errors import InputError
+from sparkdbn.fsutil import RESUMABLE_IF_EXISTS
 
 SCHEDULES = ("sequential", "pipelined", "tied")
 REPRESENTATIONS = ("probabilities", "sample")
@@ -98,7 +99,21 @@ class TrainConfig:
     )
     features_col: str = field(default="features", metadata={"help": "features column"})
     label_col: str = field(default="label", metadata={"help": "label column"})
-    if_exists: str = field(default="error", metadata={"help": "existing output: error|overwrite"})
+    if_exists: str = field(
+        default="error",
+        metadata={"help": "existing output or checkpoint: error|overwrite|resume"},
+    )
+    checkpoint_every: int = field(
+        default=1,
+        metadata={"help": "epochs between checkpoints beside OUTPUT, for resume (0: none)"},
+    )
+    fault_injection: str | None = field(
+        default=None,
+        metadata={
+            "help": "testing: 'partition:P[,P...]' makes those partitions' training tasks fail "
+            "their first attempt (Spark retries need spark.task.maxFailures > 1)"
+        },
+    )
 
     def validate(self) -> TrainConfig:
         positive = (
@@ -121,6 +136,9 @@ class TrainConfig:
             )
         if self.n_classes is not None and self.n_classes < 2:
             raise InputError(f"config n_classes must be >= 2, got {self.n_classes!r}")
+        if self.checkpoint_every < 0:
+            raise InputError(f"config checkpoint_every must be >= 0, got {self.checkpoint_every!r}")
+        parse_fault_injection(self.fault_injection)
         if self.partitions is not None and self.partitions <= 0:
             raise InputError(f"config partitions must be > 0, got {self.partitions!r}")
         if len(self.layers) < 2 or any(n <= 0 for n in self.layers):
@@ -131,7 +149,7 @@ class TrainConfig:
             ("visible", VISIBLE),
             ("representation", REPRESENTATIONS),
             ("schedule", SCHEDULES),
-            ("if_exists", ("error", "overwrite")),
+            ("if_exists", RESUMABLE_IF_EXISTS),
         )
         for name, allowed in choices:
             if getattr(self, name) not in allowed:
@@ -145,6 +163,11 @@ class TrainConfig:
         if self.schedule == "tied":
             tie_plan(self.layers)
         return self
+
+    @property
+    def fail_partitions(self) -> frozenset[int]:
+        """Partitions whose training tasks fail their first attempt (fault injection)."""
+        return parse_fault_injection(self.fault_injection)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -177,6 +200,22 @@ def coerce(key: str, value: Any) -> Any:
     if not isinstance(value, base) or (base is int and isinstance(value, bool)):
         raise InputError(f"config {key} must be {base.__name__}, got {value!r}")
     return value
+
+
+def parse_fault_injection(spec: str | None) -> frozenset[int]:
+    """'partition:1,3' → {1, 3}; None → no faults."""
+    if spec is None:
+        return frozenset()
+    kind, _, numbers = spec.partition(":")
+    try:
+        parts = frozenset(int(n) for n in numbers.split(","))
+    except ValueError:
+        parts = frozenset({-1})
+    if kind != "partition" or min(parts) < 0:
+        raise InputError(
+            f"config fault_injection must look like 'partition:1' or 'partition:0,2', got {spec!r}"
+        )
+    return parts
 
 
 def parse_sizes(key: str, text: str) -> list[int]:

@@ -9,6 +9,7 @@ example row id and the offending value before anything is trained or written.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -26,6 +27,10 @@ INTEGER_TYPES = (T.ByteType, T.ShortType, T.IntegerType, T.LongType)
 PACKED_ID = "id"
 PACKED_LABEL = "label"
 PACKED_X = "x"
+# Spark's FAILED_READ_FILE error (a corrupt, truncated or vanished input file) names the file.
+_READ_FAILURE = re.compile(r"Encountered error while reading file (\S+?)\.?(?:\s|$)")
+_EXCEPTION_PREFIX = re.compile(r"^(?:[\w$.]+(?:Exception|Error): )+")
+MAX_CAUSE = 200
 # One summary row per partition; widths -1 mean a null features value.
 _CHECK_SCHEMA = (
     "part int, n long, width int, null_id long, ragged_id long, "
@@ -52,6 +57,33 @@ class PackedData:
         self.df.unpersist()
 
 
+def _explain(err: Exception) -> str:
+    """The telling part of a Spark error, on one line: the file Spark could not read and the
+    first cause, else the Java or Python message (not py4j's "An error occurred while…")."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    causes = [
+        _EXCEPTION_PREFIX.sub("", line.removeprefix("Caused by: "))
+        for line in lines
+        if line.startswith("Caused by: ")
+    ]
+    match = _READ_FAILURE.search(str(err))
+    if match is not None:
+        file = match.group(1)
+        name = file.rsplit("/", 1)[-1]
+        words = [word for word in (causes[0] if causes else "").split() if name not in word]
+        cause = f" ({' '.join(words)[:MAX_CAUSE]})" if words else ""
+        return f"cannot read file {file}{cause}"
+    for line in lines:
+        if line.startswith(": "):
+            return _EXCEPTION_PREFIX.sub("", line[2:])
+    return lines[0] if lines else type(err).__name__
+
+
+def _unreadable(source: str | DataFrame, err: Exception) -> InputError:
+    where = f"Parquet data at {source!r}" if isinstance(source, str) else "the input DataFrame"
+    return InputError(f"cannot read {where}: {_explain(err)}")
+
+
 def read_source(spark: SparkSession, source: str | DataFrame) -> DataFrame:
     """A DataFrame as is, or a Parquet path read with a clear error when it is missing."""
     if isinstance(source, DataFrame):
@@ -59,8 +91,7 @@ def read_source(spark: SparkSession, source: str | DataFrame) -> DataFrame:
     try:
         return spark.read.parquet(source)
     except Exception as err:  # AnalysisException and friends, classic or Connect
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise InputError(f"cannot read Parquet data at {source!r}: {first}") from err
+        raise _unreadable(source, err) from err
 
 
 def _check_schema(df: DataFrame, features_col: str, label_col: str, require_label: bool) -> bool:
@@ -267,7 +298,14 @@ def prepare(
         _pack_batches(features_col, label_col if has_label else None), out_schema
     ).persist(StorageLevel.MEMORY_AND_DISK)
     bernoulli = visible == "bernoulli"
-    rows = packed.mapInArrow(_check_batches(bernoulli, has_label), _CHECK_SCHEMA).collect()
+    try:
+        # Spark reads lazily: a corrupt or truncated file shows up here, in the first pass.
+        rows = packed.mapInArrow(_check_batches(bernoulli, has_label), _CHECK_SCHEMA).collect()
+    except Exception as err:
+        packed.unpersist()
+        if _READ_FAILURE.search(str(err)) is None:
+            raise
+        raise _unreadable(source, err) from err
     try:
         width = _raise_first_problem(rows, features_col, label_col, bernoulli)
         if width is None:

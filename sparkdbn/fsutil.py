@@ -12,12 +12,18 @@ from pathlib import Path
 from sparkdbn.errors import InputError
 
 IF_EXISTS = ("error", "overwrite")
+# train_dbn also accepts "resume": continue from the checkpoint beside the output.
+RESUMABLE_IF_EXISTS = (*IF_EXISTS, "resume")
 
 
-def check_target(path: str | Path, if_exists: str) -> None:
-    """Fail early (before any work) when the output exists and may not be replaced."""
-    if if_exists not in IF_EXISTS:
-        raise InputError(f"--if-exists must be one of {IF_EXISTS}, got {if_exists!r}")
+def check_target(path: str | Path, if_exists: str, choices: tuple[str, ...] = IF_EXISTS) -> None:
+    """Fail early (before any work) when the output exists and may not be replaced.
+
+    "resume" (where `choices` allow it) passes: the resuming job decides what an existing
+    output means.
+    """
+    if if_exists not in choices:
+        raise InputError(f"--if-exists must be one of {choices}, got {if_exists!r}")
     if Path(path).exists() and if_exists == "error":
         raise InputError(f"output {str(path)!r} already exists (use --if-exists overwrite)")
 

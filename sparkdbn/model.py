@@ -9,6 +9,7 @@ directory is an `InputError`, not a wrong answer.
 from __future__ import annotations
 
 import json
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -163,11 +164,12 @@ def _read_npz(file: Path, expected: dict[str, tuple[int, ...]]) -> dict[str, np.
         raise InputError(f"model file {str(file)!r} is missing")
     try:
         with np.load(file, allow_pickle=False) as npz:
-            arrays = {key: npz[key] for key in expected}
-    except KeyError as err:
-        raise InputError(f"{file}: missing array {err}") from err
-    except (OSError, ValueError) as err:
+            arrays = {key: npz[key] for key in expected if key in npz.files}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
         raise InputError(f"{file}: not a readable npz file ({err})") from err
+    missing = [key for key in expected if key not in arrays]
+    if missing:
+        raise InputError(f"{file}: missing array {missing[0]!r}")
     for key, shape in expected.items():
         arr = arrays[key]
         if arr.shape != shape or arr.dtype != np.float32:

@@ -46,25 +46,33 @@ def fashion_parquet(spark, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return output
 
 
-def job_env() -> dict[str, str]:
-    """The environment a user's shell gives a job: this interpreter for driver and workers."""
+def job_env(**extra: str) -> dict[str, str]:
+    """The environment a user's shell gives a job: this interpreter for driver and workers;
+    `extra` adds variables such as SPARKDBN_MASTER."""
     env = dict(os.environ, PYSPARK_PYTHON=sys.executable, PYSPARK_DRIVER_PYTHON=sys.executable)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
     env["SPARKDBN_DRIVER_MEMORY"] = "2g"
-    return env
+    return {**env, **extra}
 
 
-def run_job(job: str, *args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+def run_job(
+    job: str, *args: str, timeout: float = 600, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     """A real job CLI in a subprocess, as a user runs it."""
     return subprocess.run(
         [sys.executable, str(REPO / "jobs" / f"{job}.py"), *args],
-        cwd=REPO, env=job_env(), capture_output=True, text=True, timeout=timeout,
+        cwd=REPO, env=job_env(**(env or {})), capture_output=True, text=True, timeout=timeout,
     )
 
 
-def start_job(job: str, *args: str) -> subprocess.Popen[str]:
-    """Like run_job, without waiting: for applications that must run at the same time."""
+def start_job(job: str, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+    """Like run_job, without waiting: for applications that must run at the same time.
+
+    The job gets a process group of its own, so `os.killpg(proc.pid, …)` reaches its JVM too,
+    as a crash of the driver's machine would (Spark's Python workers exit with the JVM).
+    """
     return subprocess.Popen(
         [sys.executable, str(REPO / "jobs" / f"{job}.py"), *args],
-        cwd=REPO, env=job_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        cwd=REPO, env=job_env(**(env or {})), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True, start_new_session=True,
     )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import pyarrow as pa
@@ -13,7 +13,11 @@ from pyspark.sql import SparkSession
 from sparkdbn.columns import unpack_rows
 from sparkdbn.data import PACKED_LABEL, PACKED_X, PackedData
 from sparkdbn.engine.averaging import PartitionStep, StepResult, average_round
+from sparkdbn.engine.checkpoint import Checkpoint
+from sparkdbn.engine.divergence import divergence
+from sparkdbn.engine.faults import failing_first_attempt
 from sparkdbn.engine.jobinfo import described
+from sparkdbn.errors import DivergenceError
 from sparkdbn.kernels.mlp import MLPParams, SGDConfig, sgd_epoch
 
 
@@ -52,12 +56,25 @@ def finetune(
     lr_decay: float = 1.0,
     name: str = "fine-tune",
     report=print,
+    checkpoint: Checkpoint | None = None,
+    fail_partitions: frozenset[int] = frozenset(),
 ) -> tuple[MLPParams, list[FinetuneEpoch]]:
-    """`epochs` averaging rounds of SGD; the learning rate shrinks by `lr_decay` per epoch."""
+    """`epochs` averaging rounds of SGD; the learning rate shrinks by `lr_decay` per epoch.
+
+    With a checkpoint, training continues from the state and epoch saved under `name` (if
+    any) and is saved as it goes; a round whose loss or state diverged raises DivergenceError
+    before it is kept.
+    """
     sizes = params.sizes
     state = np.concatenate([params.to_flat(), params.zeros_like().to_flat()])
     history: list[FinetuneEpoch] = []
-    for epoch in range(epochs):
+    done = 0
+    saved = None if checkpoint is None else checkpoint.restore(name, state.size)
+    if saved is not None:
+        state, done = saved.state, saved.epoch
+        history = [FinetuneEpoch(**record) for record in saved.records]
+        report(f"{name} · resumed after epoch {done}/{epochs} (checkpoint)")
+    for epoch in range(done, epochs):
         lr = cfg.learning_rate * lr_decay**epoch
         epoch_cfg = dataclasses.replace(cfg, learning_rate=lr)
         start = time.perf_counter()
@@ -65,14 +82,21 @@ def finetune(
             result = average_round(
                 data.df.select(PACKED_X, PACKED_LABEL),
                 state,
-                mlp_step(sizes, epoch_cfg),
+                failing_first_attempt(mlp_step(sizes, epoch_cfg), fail_partitions),
                 (*seed_key, epoch),
                 data.partitions,
+            )
+        loss = float(result.sums[0] / result.n_rows)
+        why = divergence(result.state, loss, history[0].loss if history else None, "loss")
+        if why is not None:
+            raise DivergenceError(
+                f"training diverged at {name}, epoch {epoch + 1}/{epochs}: {why}; "
+                "lower finetune_learning_rate"
             )
         state = result.state
         record = FinetuneEpoch(
             epoch=epoch,
-            loss=float(result.sums[0] / result.n_rows),
+            loss=loss,
             train_accuracy=float(result.sums[1] / result.n_rows),
             seconds=round(time.perf_counter() - start, 4),
             learning_rate=lr,
@@ -82,5 +106,8 @@ def finetune(
             f"{name} · epoch {epoch + 1}/{epochs} · loss {record.loss:.4f} · "
             f"train acc {record.train_accuracy:.4f} · {record.seconds:.2f} s"
         )
+        if checkpoint is not None:
+            records = [asdict(h) for h in history]
+            checkpoint.save(name, state, epoch + 1, records, last=epoch + 1 == epochs)
     size = state.size // 2
     return MLPParams.from_flat(state[:size], sizes), history

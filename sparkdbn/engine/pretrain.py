@@ -7,6 +7,7 @@ from pyspark.sql import SparkSession
 
 from sparkdbn.config import TrainConfig
 from sparkdbn.data import PackedData
+from sparkdbn.engine.checkpoint import Checkpoint
 from sparkdbn.engine.rbm_trainer import LayerTrainer
 from sparkdbn.engine.representation import transform_cached
 from sparkdbn.kernels.rbm import CDConfig, RBMParams
@@ -34,11 +35,13 @@ def layer_trainer(
     params: RBMParams,
     run: RunLog,
     pool: str | None = None,
+    checkpoint: Checkpoint | None = None,
 ) -> LayerTrainer:
-    """A trainer for `layer` with the run's CD settings and momentum schedule."""
+    """A trainer for `layer` with the run's CD settings, momentum schedule, checkpoint (which
+    may hold where it left off) and fault injection."""
     return LayerTrainer(
         spark, layer, params, cd_config(cfg, layer), cfg.seed, cfg.epochs, run, pool,
-        cfg.final_momentum, cfg.momentum_epochs,
+        cfg.final_momentum, cfg.momentum_epochs, checkpoint, cfg.fail_partitions,
     )
 
 
@@ -48,21 +51,33 @@ def initial_params(cfg: TrainConfig, layer: int) -> RBMParams:
 
 
 def pretrain_sequential(
-    spark: SparkSession, data: PackedData, cfg: TrainConfig, run: RunLog
+    spark: SparkSession,
+    data: PackedData,
+    cfg: TrainConfig,
+    run: RunLog,
+    checkpoint: Checkpoint | None = None,
 ) -> DBNModel:
-    """Train layer 0 to the end, hand its representation to layer 1, and so on."""
+    """Train layer 0 to the end, hand its representation to layer 1, and so on.
+
+    A layer the checkpoint holds as finished is not trained again; its representation is
+    recomputed from its parameters (seeded by seed and layer) only if a layer above still
+    needs it, exactly as the uninterrupted run computed it.
+    """
     layers: list[RBMParams] = []
-    current = data
+    current, level = data, 0  # `current` is the input of layer `level`
     for layer in range(len(cfg.layers) - 1):
-        trainer = layer_trainer(spark, cfg, layer, initial_params(cfg, layer), run)
-        while not trainer.done:
-            trainer.train_epoch(current)
+        params = initial_params(cfg, layer)
+        trainer = layer_trainer(spark, cfg, layer, params, run, checkpoint=checkpoint)
+        if not trainer.done:
+            while level < layer:
+                seed_key = (cfg.seed, level)
+                upper = transform_cached(current, layers[level], cfg.representation, seed_key)
+                if current is not data:
+                    current.unpersist()
+                current, level = upper, level + 1
+            while not trainer.done:
+                trainer.train_epoch(current)
         layers.append(trainer.params)
-        if layer + 1 < len(cfg.layers) - 1:
-            upper = transform_cached(current, trainer.params, cfg.representation, (cfg.seed, layer))
-            if current is not data:
-                current.unpersist()
-            current = upper
     if current is not data:
         current.unpersist()
     return DBNModel(layers, cfg.visible, cfg.to_dict())

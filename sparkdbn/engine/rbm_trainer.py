@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from dataclasses import asdict
 
 import numpy as np
 import pyarrow as pa
@@ -12,7 +13,11 @@ from pyspark.sql import SparkSession
 from sparkdbn.columns import unpack_rows
 from sparkdbn.data import PACKED_X, PackedData
 from sparkdbn.engine.averaging import PartitionStep, StepResult, average_round
+from sparkdbn.engine.checkpoint import Checkpoint
+from sparkdbn.engine.divergence import divergence
+from sparkdbn.engine.faults import failing_first_attempt
 from sparkdbn.engine.jobinfo import described
+from sparkdbn.errors import DivergenceError
 from sparkdbn.kernels.rbm import CDConfig, RBMParams, cd_epoch
 from sparkdbn.metrics import EpochRecord, LayerLog, RunLog
 
@@ -36,7 +41,11 @@ def rbm_step(n_visible: int, n_hidden: int, cfg: CDConfig) -> PartitionStep:
 
 
 class LayerTrainer:
-    """State and epoch loop of one layer; the schedule decides which data each epoch sees."""
+    """State and epoch loop of one layer; the schedule decides which data each epoch sees.
+
+    With a checkpoint, the trainer starts from its saved state and epoch (if any) and saves
+    after its epochs; every epoch's result passes the divergence guard before it is kept.
+    """
 
     def __init__(
         self,
@@ -50,6 +59,8 @@ class LayerTrainer:
         pool: str | None = None,
         final_momentum: float | None = None,
         momentum_epochs: int = 0,
+        checkpoint: Checkpoint | None = None,
+        fail_partitions: frozenset[int] = frozenset(),
     ) -> None:
         self.spark = spark
         self.layer = layer
@@ -64,6 +75,18 @@ class LayerTrainer:
         self.log: LayerLog = run.layer(layer, self.n_visible, self.n_hidden)
         self.final_momentum = final_momentum
         self.momentum_epochs = momentum_epochs
+        self.fail_partitions = fail_partitions
+        self.checkpoint = checkpoint
+        saved = None if checkpoint is None else checkpoint.restore(self.name, self.state.size)
+        if saved is not None:
+            self.state, self.epoch = saved.state, saved.epoch
+            self.log.epochs = [EpochRecord(**record) for record in saved.records]
+            run.say(f"layer {layer} · resumed after epoch {self.epoch}/{epochs} (checkpoint)")
+
+    @property
+    def name(self) -> str:
+        """The trainer's name in the checkpoint."""
+        return f"layer_{self.layer}"
 
     @property
     def params(self) -> RBMParams:
@@ -94,15 +117,28 @@ class LayerTrainer:
             result = average_round(
                 data.df.select(PACKED_X),
                 self.state,
-                rbm_step(self.n_visible, self.n_hidden, self.epoch_config()),
+                failing_first_attempt(
+                    rbm_step(self.n_visible, self.n_hidden, self.epoch_config()),
+                    self.fail_partitions,
+                ),
                 (self.seed, self.layer, self.epoch),
                 data.partitions,
             )
         seconds = time.perf_counter() - start
+        recon = float(result.sums[0] / result.n_rows)
+        first = self.log.epochs[0].recon_error if self.log.epochs else None
+        why = divergence(result.state, recon, first, "reconstruction error")
+        if why is not None:
+            gaussian = self.cfg.visible == "gaussian"
+            hint = " (Gaussian visible units also need standardized data)" if gaussian else ""
+            raise DivergenceError(
+                f"training diverged at layer {self.layer}, epoch {self.epoch + 1}/{self.epochs}: "
+                f"{why}; lower learning_rate{hint}"
+            )
         self.state = result.state
         record = EpochRecord(
             epoch=self.epoch,
-            recon_error=float(result.sums[0] / result.n_rows),
+            recon_error=recon,
             seconds=round(seconds, 4),
             rows_per_second=round(result.n_rows / seconds, 1),
             input_version=version,
@@ -111,4 +147,7 @@ class LayerTrainer:
         self.epoch += 1
         if self.done:
             self.log.finished_at = self.run.now()
+        if self.checkpoint is not None:
+            records = [asdict(r) for r in self.log.epochs]
+            self.checkpoint.save(self.name, self.state, self.epoch, records, last=self.done)
         return record

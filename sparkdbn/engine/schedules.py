@@ -13,6 +13,9 @@ Afterwards as `pipelined`.
 Each layer runs in its own driver thread with its own FAIR scheduler pool, so the layers'
 Spark stages share the cluster. What each layer trains on depends on timing, so only layer 0
 is bit-reproducible under these schedules; every epoch's input version is logged instead.
+A resumed run restarts each layer from its own last checkpointed state and epoch, on the
+newest version the store (kept when a checkpointed run fails) holds: layer 0 is still
+bit-identical to an uninterrupted run, the upper layers are as timing-dependent as ever.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from pyspark.sql import SparkSession
 
 from sparkdbn.config import TrainConfig, tie_plan
 from sparkdbn.data import PackedData
+from sparkdbn.engine.checkpoint import Checkpoint
 from sparkdbn.engine.jobinfo import described
 from sparkdbn.engine.pretrain import initial_params, layer_trainer, pretrain_sequential
 from sparkdbn.engine.rbm_trainer import LayerTrainer
@@ -160,13 +164,20 @@ def run_layer(
     cfg: TrainConfig,
     run: RunLog,
     shared: Shared,
+    checkpoint: Checkpoint | None = None,
 ) -> RBMParams:
     """Train one layer under a concurrent schedule; layer 0 trains on `data`, the others on
-    the store below. `sequential` here means: wait for the final version of the input."""
+    the store below. `sequential` here means: wait for the final version of the input.
+
+    A layer the checkpoint holds continues from its saved state and epoch on the newest
+    version in the store below (a tied layer needs no tie point then); a finished one only
+    publishes its final version again if the store lacks it (killed between the two).
+    """
     n_layers = len(cfg.layers) - 1
     top = layer == n_layers - 1
     out_store = None if top else shared.stores[layer]
-    if layer > 0 and cfg.schedule == "tied":
+    resumed = checkpoint is not None and checkpoint.has(f"layer_{layer}")
+    if layer > 0 and cfg.schedule == "tied" and not resumed:
         while not shared.tie_ready.wait(WAIT_POLL_SECONDS):
             if shared.stop.is_set():
                 raise _Stopped
@@ -175,12 +186,15 @@ def run_layer(
             params = tie(params, how)
     else:
         params = initial_params(cfg, layer)
-    trainer = layer_trainer(spark, cfg, layer, params, run, pool=f"layer{layer}")
+    trainer = layer_trainer(spark, cfg, layer, params, run, f"layer{layer}", checkpoint)
+    if layer == 0 and cfg.schedule == "tied" and trainer.epoch >= cfg.start_after:
+        shared.tie_params = trainer.params  # resumed past the tie point
+        shared.tie_ready.set()
     source = None if layer == 0 else _Input(shared.stores[layer - 1], f"layer{layer}", shared)
     rough_limit = 0 if cfg.schedule == "sequential" else cfg.epochs - cfg.final_epochs
     try:
         current = data
-        if out_store is not None and layer > 0 and cfg.schedule == "tied":
+        if out_store is not None and layer > 0 and cfg.schedule == "tied" and not resumed:
             current = source.refresh()
             _publish(spark, out_store, trainer, current, cfg)
         while not trainer.done:
@@ -199,6 +213,10 @@ def run_layer(
                 _publish(spark, out_store, trainer, current, cfg, final=True)
             elif publishes_after(trainer.epoch, cfg):
                 _publish(spark, out_store, trainer, current, cfg)
+        if out_store is not None and out_store.final() is None:
+            if source is not None:
+                current = source.refresh(wait_for_final=True)
+            _publish(spark, out_store, trainer, current, cfg, final=True)
         if layer == 0 and not shared.tie_ready.is_set():
             shared.tie_params = trainer.params
             shared.tie_ready.set()
@@ -210,7 +228,12 @@ def run_layer(
 
 
 def pretrain_concurrent(
-    spark: SparkSession, data: PackedData, cfg: TrainConfig, run: RunLog, store_base: str
+    spark: SparkSession,
+    data: PackedData,
+    cfg: TrainConfig,
+    run: RunLog,
+    store_base: str,
+    checkpoint: Checkpoint | None = None,
 ) -> DBNModel:
     """All layers in their own threads, handing representations over through the store."""
     n_layers = len(cfg.layers) - 1
@@ -218,7 +241,7 @@ def pretrain_concurrent(
 
     def target(layer: int) -> None:
         try:
-            run_layer(spark, layer, data, cfg, run, shared)
+            run_layer(spark, layer, data, cfg, run, shared, checkpoint)
         except _Stopped:
             pass
         except BaseException as err:  # re-raised in the calling thread below
@@ -240,8 +263,13 @@ def pretrain_concurrent(
 
 
 def pretrain(
-    spark: SparkSession, data: PackedData, cfg: TrainConfig, run: RunLog, store_base: str
+    spark: SparkSession,
+    data: PackedData,
+    cfg: TrainConfig,
+    run: RunLog,
+    store_base: str,
+    checkpoint: Checkpoint | None = None,
 ) -> DBNModel:
     if cfg.schedule == "sequential" or len(cfg.layers) == 2:
-        return pretrain_sequential(spark, data, cfg, run)
-    return pretrain_concurrent(spark, data, cfg, run, store_base)
+        return pretrain_sequential(spark, data, cfg, run, checkpoint)
+    return pretrain_concurrent(spark, data, cfg, run, store_base, checkpoint)

@@ -12,10 +12,11 @@ from pyspark.sql import DataFrame, SparkSession
 
 from sparkdbn.config import TrainConfig
 from sparkdbn.data import PackedData, prepare
+from sparkdbn.engine.checkpoint import Checkpoint
 from sparkdbn.engine.finetune import FinetuneEpoch, finetune
 from sparkdbn.engine.predict import Evaluation, evaluate, predict_packed
 from sparkdbn.engine.schedules import pretrain
-from sparkdbn.errors import InputError
+from sparkdbn.errors import DivergenceError, InputError
 from sparkdbn.fsutil import atomic_directory
 from sparkdbn.kernels.mlp import SGDConfig, from_pretrained, init_mlp
 from sparkdbn.metrics import RunLog
@@ -60,11 +61,13 @@ def train(
     train_data: str | DataFrame | None = None,
     test_data: str | DataFrame | None = None,
     out: TextIO | None = None,
+    checkpoint: Checkpoint | None = None,
 ) -> TrainingResult:
     """Validate the data, pretrain the stack, fine-tune and evaluate as configured.
 
     Both data sets are validated before any training, so bad input fails fast. Only the
-    concurrent schedules write, and only rough representations into `store`.
+    concurrent schedules write, and only rough representations into `store`; and the
+    trainers into `checkpoint`, if given, from which a resumed run continues.
     """
     source = train_data if train_data is not None else cfg.train
     test_source = test_data if test_data is not None else cfg.test
@@ -92,11 +95,23 @@ def train(
                     f"test data has {test.width} features per row, training data {packed.width}"
                 )
         n_classes = _n_classes(cfg, packed, test) if supervised else 0
+        if checkpoint is not None:
+            checkpoint.check_data(
+                {"n_rows": packed.n_rows, "width": packed.width, "partitions": packed.partitions}
+            )
         run = RunLog(cfg.schedule, out=out)
-        model = pretrain(spark, packed, cfg, run, store)
+        model = pretrain(spark, packed, cfg, run, store, checkpoint)
         result = TrainingResult(model, run)
         if supervised:
-            _finetune_and_evaluate(spark, cfg, packed, test, n_classes, result)
+            _finetune_and_evaluate(spark, cfg, packed, test, n_classes, result, checkpoint)
+        if checkpoint is not None and checkpoint.resumed:
+            run.extra["resumed_after_epochs"] = dict(checkpoint.resumed)
+    except DivergenceError as err:
+        if checkpoint is None or not checkpoint.exists():
+            raise
+        raise DivergenceError(
+            f"{err}; the checkpoint of the last good epoch is kept in {checkpoint.directory}"
+        ) from err
     finally:
         packed.unpersist()
         if test is not None:
@@ -111,6 +126,7 @@ def _finetune_and_evaluate(
     test: PackedData | None,
     n_classes: int,
     result: TrainingResult,
+    checkpoint: Checkpoint | None = None,
 ) -> None:
     say = result.run.say
     n_layers = len(cfg.layers) - 1
@@ -118,7 +134,8 @@ def _finetune_and_evaluate(
     start = from_pretrained(stack, n_classes, np.random.default_rng([cfg.seed, n_layers]))
     tuned, result.finetune_history = finetune(
         spark, packed, start, _sgd_config(cfg), cfg.finetune_epochs, (cfg.seed, n_layers),
-        cfg.finetune_lr_decay, name="fine-tune", report=say,
+        cfg.finetune_lr_decay, name="fine-tune", report=say, checkpoint=checkpoint,
+        fail_partitions=cfg.fail_partitions,
     )
     result.model = result.model.with_mlp(tuned)
     if test is not None:
@@ -129,6 +146,7 @@ def _finetune_and_evaluate(
         base, result.baseline_history = finetune(
             spark, packed, random_start, _sgd_config(cfg), cfg.finetune_epochs,
             (cfg.seed, n_layers + 1), cfg.finetune_lr_decay, name="baseline", report=say,
+            checkpoint=checkpoint, fail_partitions=cfg.fail_partitions,
         )
         if test is not None:
             result.baseline_evaluation = evaluate(predict_packed(test, base), n_classes)
