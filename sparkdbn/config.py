@@ -93,6 +93,11 @@ class TrainConfig:
         default=False,
         metadata={"help": "also fine-tune the same net from random weights, for comparison"},
     )
+    baseline_learning_rate: float | None = field(
+        default=None,
+        metadata={"help": "the baseline's SGD rate (default: finetune_learning_rate); a deep "
+                  "sigmoid net from random weights needs a smaller one"},
+    )
     seed: int = field(default=0, metadata={"help": "random seed"})
     partitions: int | None = field(
         default=None, metadata={"help": "repartition the training data into N partitions"}
@@ -121,6 +126,10 @@ class TrainConfig:
             "final_epochs", "keep_versions", "finetune_learning_rate", "finetune_batch_size",
             "finetune_lr_decay",
         )
+        if self.baseline_learning_rate is not None and self.baseline_learning_rate <= 0:
+            raise InputError(
+                f"config baseline_learning_rate must be > 0, got {self.baseline_learning_rate!r}"
+            )
         for name in positive:
             if getattr(self, name) <= 0:
                 raise InputError(f"config {name} must be > 0, got {getattr(self, name)!r}")

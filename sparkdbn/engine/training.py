@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -143,8 +144,11 @@ def _finetune_and_evaluate(
         say(f"test accuracy (pretrained + fine-tuned): {result.evaluation.accuracy:.4f}")
     if cfg.baseline:
         random_start = init_mlp(start.sizes, np.random.default_rng([cfg.seed, n_layers + 1]))
+        base_cfg = _sgd_config(cfg)
+        if cfg.baseline_learning_rate is not None:
+            base_cfg = dataclasses.replace(base_cfg, learning_rate=cfg.baseline_learning_rate)
         base, result.baseline_history = finetune(
-            spark, packed, random_start, _sgd_config(cfg), cfg.finetune_epochs,
+            spark, packed, random_start, base_cfg, cfg.finetune_epochs,
             (cfg.seed, n_layers + 1), cfg.finetune_lr_decay, name="baseline", report=say,
             checkpoint=checkpoint, fail_partitions=cfg.fail_partitions,
         )
