@@ -43,7 +43,7 @@ test: install
 
 # The benchmark measures best on an otherwise idle machine; see README "Performance".
 bench: install
-	$(PY) jobs/benchmark.py --output out/benchmark.json
+	$(PY) jobs/benchmark.py --output out/benchmark.json --if-exists overwrite
 
 lint: install
 	$(VENV)/bin/ruff check .

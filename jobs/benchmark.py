@@ -21,17 +21,23 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from sparkdbn import benchmark as bm
-from sparkdbn.cli import run
+from sparkdbn.cli import JobParser, run
 from sparkdbn.config import parse_sizes
 from sparkdbn.errors import InputError
+from sparkdbn.fsutil import IF_EXISTS, check_target, write_text_atomic
 from sparkdbn.kernels.rbm import CDConfig
+from sparkdbn.logs import Reporter
 
 DEFAULT_DATA = bm.REPO / "data" / "fashion-mnist" / "train"
 JOBS = bm.REPO / "jobs"
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="benchmark", description=__doc__.splitlines()[0])
+def build_parser() -> JobParser:
+    parser = JobParser(
+        prog="benchmark",
+        description=__doc__.splitlines()[0],
+        epilog="Exit codes: 0 success, 2 bad input or settings, 1 other failures.",
+    )
     parser.add_argument("--data", help=f"Parquet training data (default: {DEFAULT_DATA})")
     parser.add_argument("--rows", type=int, default=60000, help="rows (random data or a prefix)")
     parser.add_argument("--hidden", type=int, default=500, help="hidden units of the epoch tests")
@@ -43,6 +49,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--partitions", type=int, default=2, help="training data partitions")
     parser.add_argument("--output", help="also write the JSON here")
+    parser.add_argument(
+        "--if-exists",
+        choices=IF_EXISTS,
+        default="error",
+        help="when the --output file exists: error (default) refuses it before measuring, "
+        "exit 2; overwrite replaces it (written whole, by a rename). No resume: a benchmark "
+        "is measured afresh",
+    )
     parser.add_argument("--scale", type=int, help=argparse.SUPPRESS)  # internal: one epoch run
     return parser
 
@@ -135,6 +149,9 @@ def main(argv: list[str] | None = None) -> None:
     if args.scale is not None:
         _scale_main(args)
         return
+    reporter = Reporter("benchmark", args.log_format)
+    if args.output:
+        check_target(args.output, args.if_exists)
     layers = parse_sizes("--layers", args.layers)
     if min(args.rows, args.repeats, args.epochs, args.partitions, args.hidden) < 1:
         raise InputError("--rows, --repeats, --epochs, --partitions and --hidden must be >= 1")
@@ -181,12 +198,11 @@ def main(argv: list[str] | None = None) -> None:
         )
     out.update(_per_layer_core(args, data, layers))
     out["measured_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    print(table(out))
     text = json.dumps(out, indent=2)
-    print(text)
+    reporter.event("benchmark", results=out, text=f"{table(out)}\n{text}")
     if args.output:
-        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.output).write_text(text + "\n")
+        write_text_atomic(args.output, text + "\n")
+    reporter.event("done", output=args.output, text="")  # text: the JSON above says it all
 
 
 def table(out: dict) -> str:

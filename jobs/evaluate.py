@@ -9,27 +9,50 @@ Prints a readable table; --output also writes the figures as JSON. Exit codes: 0
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
 
-from sparkdbn.cli import run
+from sparkdbn.cli import JobParser, run
 from sparkdbn.errors import InputError
+from sparkdbn.fsutil import RESUMABLE_IF_EXISTS, check_target, write_text_atomic
+from sparkdbn.logs import Reporter
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="evaluate", description=__doc__.splitlines()[0])
+def build_parser() -> JobParser:
+    parser = JobParser(
+        prog="evaluate",
+        description=__doc__.splitlines()[0],
+        epilog="Exit codes: 0 success, 2 bad input (data, columns or model directory), "
+        "1 other failures.",
+    )
     parser.add_argument("--model", required=True, help="model directory (with model.json)")
     parser.add_argument("--data", required=True, help="labelled data (Parquet path)")
     parser.add_argument("--features-col", default="features", help="features column")
     parser.add_argument("--label-col", default="label", help="integer label column")
     parser.add_argument("--output", help="also write the evaluation as JSON to this file")
+    parser.add_argument(
+        "--if-exists",
+        choices=RESUMABLE_IF_EXISTS,
+        default="error",
+        help="when the --output file exists: error (default) refuses it before any work, "
+        "exit 2; overwrite replaces it (written whole, by a rename); resume keeps it and "
+        "exits 0 without evaluating",
+    )
     return parser
 
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
+    reporter = Reporter("evaluate", args.log_format)
+    if args.output:
+        check_target(args.output, args.if_exists, RESUMABLE_IF_EXISTS)
+        if args.if_exists == "resume" and Path(args.output).exists():
+            reporter.event(
+                "done", output=args.output, skipped=True,
+                text=f"{args.output} already exists: nothing to do",
+            )
+            return
     from sparkdbn.model import DBNModel
 
     model = DBNModel.load(args.model)
@@ -57,9 +80,12 @@ def main(argv: list[str] | None = None) -> None:
         result = evaluate(predict_packed(data, model.to_mlp()), model.n_classes)
     finally:
         data.unpersist()
-    print(result.table())
+    reporter.event(
+        "evaluation", model=args.model, data=args.data, text=result.table(), **result.to_dict()
+    )
     if args.output:
-        Path(args.output).write_text(json.dumps(result.to_dict(), indent=2) + "\n")
+        write_text_atomic(args.output, json.dumps(result.to_dict(), indent=2) + "\n")
+    reporter.event("done", output=args.output, text="")  # text: the table says it all
 
 
 if __name__ == "__main__":

@@ -15,14 +15,23 @@ by 255 when their maximum exceeds 1 and kept as they are otherwise; anything sti
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
+from pathlib import Path
 
-from sparkdbn.cli import run
+from sparkdbn.cli import JobParser, run
 from sparkdbn.datasets import MNIST_SPLITS, download_fashion_mnist, find_fashion_mnist
 from sparkdbn.errors import InputError
-from sparkdbn.fsutil import IF_EXISTS, check_target
-from sparkdbn.prepare import FORMATS, load_datasets, local_path, write_datasets
-from sparkdbn.session import get_session
+from sparkdbn.fsutil import RESUMABLE_IF_EXISTS, check_target
+from sparkdbn.logs import Reporter
+from sparkdbn.prepare import (
+    FORMATS,
+    SPLIT_DIRS,
+    detect_format,
+    load_datasets,
+    local_path,
+    write_datasets,
+)
 
 
 def positive_int(text: str) -> int:
@@ -33,7 +42,7 @@ def positive_int(text: str) -> int:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
+    parser = JobParser(
         prog="prepare_data.py",
         description=__doc__.split("\n\n")[0],
         epilog="Exit codes: 0 done, 2 bad input (one line on stderr), 1 other failure.",
@@ -74,31 +83,71 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="CSV/Parquet input: integer label column (in CSV every other column is a pixel)",
     )
     parser.add_argument(
-        "--if-exists", choices=IF_EXISTS, default="error", help="when OUTPUT already exists"
+        "--if-exists",
+        choices=RESUMABLE_IF_EXISTS,
+        default="error",
+        help="when OUTPUT already exists: error (default) refuses it, exit 2, nothing read; "
+        "overwrite replaces it in one rename at the end; resume leaves a complete OUTPUT (the "
+        "expected data sets, each with Spark's _SUCCESS marker) alone and exits 0, and "
+        "converts afresh (replacing OUTPUT) otherwise",
     )
     return parser.parse_args(argv)
 
 
+def expected_layouts(args: argparse.Namespace, source: Path | None) -> list[list[str]]:
+    """The data set directories under OUTPUT ("" = OUTPUT itself) that a run with these flags
+    writes; with --format auto and no readable source, either layout counts."""
+    fmt = "mnist" if args.fashion_mnist else args.format
+    if fmt == "auto" and source is not None and source.exists():
+        with contextlib.suppress(InputError):  # the fresh run reports it
+            fmt = detect_format(source)
+    both_splits = list(SPLIT_DIRS.values())
+    if args.split is not None or fmt in ("csv", "parquet"):
+        return [[""]]
+    return [both_splits] if fmt == "mnist" else [[""], both_splits]
+
+
+def is_complete(output: Path, layouts: list[list[str]]) -> bool:
+    """An OUTPUT this job finished: every expected data set has its _SUCCESS marker."""
+    return any(all((output / name / "_SUCCESS").is_file() for name in names) for names in layouts)
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    reporter = Reporter("prepare_data", args.log_format)
     output = local_path(args.output, "--output")
-    check_target(output, args.if_exists)
+    check_target(output, args.if_exists, RESUMABLE_IF_EXISTS)
     if args.download and not (args.fashion_mnist and args.data_dir):
         raise InputError("--download needs --fashion-mnist and --data-dir DIR to download into")
     if args.data_dir and not args.fashion_mnist:
         raise InputError("--data-dir applies to --fashion-mnist only; use --source for a path")
+    source_path = None if args.fashion_mnist else local_path(args.source, "--source")
+    # resume: a finished output stays; anything else there is converted afresh and replaced.
+    resumable = args.if_exists == "resume" and output.exists()
+    if resumable and is_complete(output, expected_layouts(args, source_path)):
+        reporter.event(
+            "done", output=str(output), skipped=True,
+            text=f"{output} is already complete: nothing to do",
+        )
+        return
     if args.fashion_mnist:
         data_dir = local_path(args.data_dir, "--data-dir") if args.data_dir else None
         if args.download:
             download_fashion_mnist(data_dir)
         source, fmt = find_fashion_mnist(data_dir), "mnist"
     else:
-        source, fmt = local_path(args.source, "--source"), args.format
+        source, fmt = source_path, args.format
     datasets = load_datasets(source, fmt, args.split, args.features_col, args.label_col)
+
+    from sparkdbn.session import get_session
+
     spark = get_session("sparkdbn-prepare-data")
-    counts = write_datasets(spark, datasets, output, args.partitions, args.if_exists)
-    for path, rows in counts.items():
-        print(f"wrote {rows} rows to {path}")
+    if_exists = "overwrite" if args.if_exists == "resume" else args.if_exists
+    counts = write_datasets(spark, datasets, output, args.partitions, if_exists)
+    reporter.event(
+        "done", output=str(output), written=counts,
+        text="\n".join(f"wrote {rows} rows to {path}" for path, rows in counts.items()),
+    )
 
 
 if __name__ == "__main__":

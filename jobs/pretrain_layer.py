@@ -9,25 +9,34 @@ Every layer but the top one publishes its own versions into the store for the la
 
 All applications must get the same --layers, --schedule (pipelined or sequential) and
 publishing settings. Writes OUTPUT/layer.npz (W, vbias, hbias) and OUTPUT/metrics.json.
+
+This job keeps no checkpoints: --if-exists resume skips a layer whose OUTPUT is finished and
+trains an unfinished one again from its first epoch.
 """
 
 from __future__ import annotations
 
-import argparse
 import sys
+from pathlib import Path
 
 import numpy as np
 
-from sparkdbn.cli import run
+from sparkdbn.cli import JobParser, run
 from sparkdbn.config import add_arguments, config_from_args
 from sparkdbn.errors import InputError
-from sparkdbn.fsutil import atomic_directory, check_target
+from sparkdbn.fsutil import RESUMABLE_IF_EXISTS, atomic_directory, check_target
+from sparkdbn.logs import Reporter
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+def build_parser() -> JobParser:
+    parser = JobParser(
         prog="pretrain_layer",
         description="Pretrain one DBN layer, consuming and feeding a shared representation store.",
+        epilog="--if-exists: error (default) refuses an existing OUTPUT (exit 2); overwrite "
+        "replaces it when the layer has trained; resume exits 0 when OUTPUT already holds the "
+        "finished layer (layer.npz) and otherwise trains the layer from its first epoch: this "
+        "job keeps no checkpoints, so resume restarts an interrupted layer. "
+        "Exit codes: 0 success, 2 bad input or config, 1 other failures.",
     )
     parser.add_argument("--layer", type=int, required=True, help="which layer (0 = bottom)")
     parser.add_argument(
@@ -40,6 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
+    reporter = Reporter("pretrain_layer", args.log_format)
     cfg = config_from_args(args)
     n_layers = len(cfg.layers) - 1
     if not 0 <= args.layer < n_layers:
@@ -50,7 +60,18 @@ def main(argv: list[str] | None = None) -> None:
         raise InputError("--store and --output are required")
     if args.layer == 0 and cfg.train is None:
         raise InputError("layer 0 needs --train")
-    check_target(cfg.output, cfg.if_exists)
+    check_target(cfg.output, cfg.if_exists, RESUMABLE_IF_EXISTS)
+    if cfg.if_exists == "resume" and Path(cfg.output).exists():
+        if not (Path(cfg.output) / "layer.npz").is_file():
+            raise InputError(
+                f"output {cfg.output!r} exists but holds no finished layer (layer.npz); "
+                "use --if-exists overwrite"
+            )
+        reporter.event(
+            "done", output=cfg.output, layer=args.layer, skipped=True,
+            text=f"layer {args.layer} is already complete in {cfg.output}: nothing to do",
+        )
+        return
 
     from sparkdbn.data import prepare
     from sparkdbn.engine.schedules import make_shared, run_layer
@@ -69,14 +90,17 @@ def main(argv: list[str] | None = None) -> None:
             )
     shared = make_shared(spark, cfg, cfg.store)
     shared.wait_timeout = args.wait_timeout
-    log = RunLog(cfg.schedule)
-    log.say(f"layer {args.layer} ready")  # orchestrators may start the layer below now
+    log = RunLog(cfg.schedule, reporter=reporter)
+    reporter.event("ready", layer=args.layer)  # orchestrators may start the layer below now
     params = run_layer(spark, args.layer, data, cfg, log, shared)
     with atomic_directory(cfg.output) as tmp:
         np.savez(tmp / "layer.npz", W=params.W, vbias=params.vbias, hbias=params.hbias)
         log.extra["layer"] = args.layer
         (tmp / "metrics.json").write_text(log.to_json(), encoding="utf-8")
-    print(f"layer {args.layer} written to {cfg.output}")
+    reporter.event(
+        "done", output=cfg.output, layer=args.layer,
+        text=f"layer {args.layer} written to {cfg.output}",
+    )
 
 
 if __name__ == "__main__":

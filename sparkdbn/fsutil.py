@@ -12,7 +12,9 @@ from pathlib import Path
 from sparkdbn.errors import InputError
 
 IF_EXISTS = ("error", "overwrite")
-# train_dbn also accepts "resume": continue from the checkpoint beside the output.
+# Jobs whose finished output can be recognised also accept "resume": train_dbn continues from
+# the checkpoint beside the output; prepare_data, pretrain_layer and evaluate keep a finished
+# output and exit 0 (each job's --help says what it checks).
 RESUMABLE_IF_EXISTS = (*IF_EXISTS, "resume")
 
 
@@ -26,6 +28,19 @@ def check_target(path: str | Path, if_exists: str, choices: tuple[str, ...] = IF
         raise InputError(f"--if-exists must be one of {choices}, got {if_exists!r}")
     if Path(path).exists() and if_exists == "error":
         raise InputError(f"output {str(path)!r} already exists (use --if-exists overwrite)")
+
+
+def write_text_atomic(path: str | Path, text: str) -> None:
+    """Write a file by a rename from a sibling temporary file: never seen half-written."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.tmp-{uuid.uuid4().hex[:8]}")
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 @contextmanager

@@ -10,6 +10,8 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
+from sparkdbn.logs import Reporter
+
 
 @dataclass
 class EpochRecord:
@@ -33,15 +35,22 @@ class LayerLog:
 
 
 class RunLog:
-    """Everything metrics.json holds, filled in as the run goes."""
+    """Everything metrics.json holds, filled in as the run goes.
 
-    def __init__(self, schedule: str, out: TextIO | None = None) -> None:
+    Progress goes to `reporter` (sparkdbn.logs: text or JSON lines); without one, as text
+    lines to `out` (default: stdout).
+    """
+
+    def __init__(
+        self, schedule: str, out: TextIO | None = None, reporter: Reporter | None = None
+    ) -> None:
         self.schedule = schedule
         self.started = time.time()
         self.started_iso = datetime.now(UTC).isoformat(timespec="seconds")
         self.layers: list[LayerLog] = []
         self.extra: dict[str, Any] = {}
         self.out = out if out is not None else sys.stdout
+        self.reporter = reporter if reporter is not None else Reporter(out=self.out)
 
     def now(self) -> float:
         return round(time.time() - self.started, 3)
@@ -56,7 +65,12 @@ class RunLog:
 
     def record_epoch(self, log: LayerLog, record: EpochRecord, total_epochs: int) -> None:
         log.epochs.append(record)
-        self.say(progress_line(log.layer, record, total_epochs))
+        self.reporter.event(  # as text: progress_line
+            "epoch", layer=log.layer, epoch=record.epoch + 1, epochs=total_epochs,
+            recon_error=record.recon_error, seconds=record.seconds,
+            rows_per_second=record.rows_per_second, input_version=record.input_version,
+            eta_seconds=round(eta_seconds(record, total_epochs), 3),
+        )
 
     def to_dict(self) -> dict[str, Any]:
         ends = [lg.finished_at for lg in self.layers if lg.finished_at is not None]
@@ -73,13 +87,25 @@ class RunLog:
         return json.dumps(self.to_dict(), indent=2) + "\n"
 
     def say(self, line: str) -> None:
-        self.out.write(line + "\n")
-        self.out.flush()
+        self.reporter.say(line)
+
+    def timeline(self) -> dict[str, Any]:
+        """The layers' spans: the JSON form of `gantt`."""
+        spans = sorted(self.layers, key=lambda lg: lg.layer)
+        ends = [lg.finished_at for lg in spans if lg.finished_at is not None]
+        return {
+            "schedule": self.schedule,
+            "makespan_seconds": max(ends) if ends else None,
+            "layers": [
+                {"layer": lg.layer, "started_at": lg.started_at, "finished_at": lg.finished_at}
+                for lg in spans
+            ],
+        }
 
 
 def progress_line(layer: int, record: EpochRecord, total_epochs: int) -> str:
     """One human line per epoch: what, how good, how fast, how long to go."""
-    left = max(total_epochs - record.epoch - 1, 0) * record.seconds
+    left = eta_seconds(record, total_epochs)
     version = "" if record.input_version is None else f" · input v{record.input_version}"
     recon = "nan" if math.isnan(record.recon_error) else f"{record.recon_error:.4f}"
     return (
@@ -87,6 +113,11 @@ def progress_line(layer: int, record: EpochRecord, total_epochs: int) -> str:
         f"{record.seconds:.2f} s · {record.rows_per_second:,.0f} rows/s · ETA {left:.0f} s"
         f"{version}"
     )
+
+
+def eta_seconds(record: EpochRecord, total_epochs: int) -> float:
+    """Seconds to go for the layer, at this epoch's speed."""
+    return max(total_epochs - record.epoch - 1, 0) * record.seconds
 
 
 def gantt(run: RunLog, width: int = 50) -> str:

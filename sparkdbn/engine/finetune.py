@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -19,6 +21,7 @@ from sparkdbn.engine.faults import failing_first_attempt
 from sparkdbn.engine.jobinfo import described
 from sparkdbn.errors import DivergenceError
 from sparkdbn.kernels.mlp import MLPParams, SGDConfig, sgd_epoch
+from sparkdbn.logs import Reporter, as_reporter
 
 
 @dataclass
@@ -55,7 +58,7 @@ def finetune(
     seed_key: tuple[int, ...],
     lr_decay: float = 1.0,
     name: str = "fine-tune",
-    report=print,
+    report: Reporter | Callable[[str], Any] = print,
     checkpoint: Checkpoint | None = None,
     fail_partitions: frozenset[int] = frozenset(),
 ) -> tuple[MLPParams, list[FinetuneEpoch]]:
@@ -63,8 +66,10 @@ def finetune(
 
     With a checkpoint, training continues from the state and epoch saved under `name` (if
     any) and is saved as it goes; a round whose loss or state diverged raises DivergenceError
-    before it is kept.
+    before it is kept. Progress goes to `report`: a sparkdbn.logs.Reporter (finetune_epoch
+    and resumed events) or any callable taking a text line.
     """
+    report = as_reporter(report)
     sizes = params.sizes
     state = np.concatenate([params.to_flat(), params.zeros_like().to_flat()])
     history: list[FinetuneEpoch] = []
@@ -73,7 +78,7 @@ def finetune(
     if saved is not None:
         state, done = saved.state, saved.epoch
         history = [FinetuneEpoch(**record) for record in saved.records]
-        report(f"{name} · resumed after epoch {done}/{epochs} (checkpoint)")
+        report.event("resumed", stage=name, after_epoch=done, epochs=epochs)
     for epoch in range(done, epochs):
         lr = cfg.learning_rate * lr_decay**epoch
         epoch_cfg = dataclasses.replace(cfg, learning_rate=lr)
@@ -102,9 +107,9 @@ def finetune(
             learning_rate=lr,
         )
         history.append(record)
-        report(
-            f"{name} · epoch {epoch + 1}/{epochs} · loss {record.loss:.4f} · "
-            f"train acc {record.train_accuracy:.4f} · {record.seconds:.2f} s"
+        report.event(  # as text: "fine-tune · epoch 3/10 · loss … · train acc … · 1.23 s"
+            "finetune_epoch", stage=name, epoch=epoch + 1, epochs=epochs, loss=record.loss,
+            train_accuracy=record.train_accuracy, seconds=record.seconds, learning_rate=lr,
         )
         if checkpoint is not None:
             records = [asdict(h) for h in history]

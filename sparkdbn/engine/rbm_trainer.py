@@ -81,7 +81,7 @@ class LayerTrainer:
         if saved is not None:
             self.state, self.epoch = saved.state, saved.epoch
             self.log.epochs = [EpochRecord(**record) for record in saved.records]
-            run.say(f"layer {layer} · resumed after epoch {self.epoch}/{epochs} (checkpoint)")
+            run.reporter.event("resumed", layer=layer, after_epoch=self.epoch, epochs=epochs)
 
     @property
     def name(self) -> str:

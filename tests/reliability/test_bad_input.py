@@ -265,15 +265,20 @@ def test_bad_reliability_settings_exit_2_before_spark(tmp_path, flags, message) 
     assert list(tmp_path.iterdir()) == []
 
 
-def test_pretrain_layer_cannot_resume(tmp_path) -> None:
-    """Only train_dbn resumes; the one-layer job refuses the setting instead of ignoring it."""
+def test_pretrain_layer_resume_needs_a_finished_layer(tmp_path) -> None:
+    """The one-layer job keeps no checkpoints: resume skips a finished layer (OUTPUT with
+    layer.npz) and refuses an OUTPUT it cannot vouch for instead of reporting it finished."""
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "notes.txt").write_text("not a layer")
     result = run_in_process(
         "pretrain_layer", "--layer", "0", "--train", str(tmp_path / "data"), "--store",
         str(tmp_path / "store"), "--output", str(tmp_path / "out"), "--if-exists", "resume",
     )
     assert result.returncode == 2
     assert re.fullmatch(
-        r"error: --if-exists must be one of \('error', 'overwrite'\), got 'resume'",
+        r"error: output '.*out' exists but holds no finished layer \(layer\.npz\); "
+        r"use --if-exists overwrite",
         error_line(result),
     )
-    assert list(tmp_path.iterdir()) == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["notes.txt"]
