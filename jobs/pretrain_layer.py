@@ -73,21 +73,15 @@ def main(argv: list[str] | None = None) -> None:
         )
         return
 
-    from sparkdbn.data import prepare
     from sparkdbn.engine.schedules import make_shared, run_layer
+    from sparkdbn.engine.training import prepare_training_data
     from sparkdbn.metrics import RunLog
     from sparkdbn.session import get_session
 
     spark = get_session(f"sparkdbn pretrain_layer {args.layer}")
     data = None
     if args.layer == 0:
-        data = prepare(spark, cfg.train, cfg.features_col, cfg.label_col, cfg.visible,
-                       cfg.partitions)
-        if data.width != cfg.layers[0]:
-            raise InputError(
-                f"config layers starts with {cfg.layers[0]} visible units but column "
-                f"{cfg.features_col!r} has {data.width} values per row"
-            )
+        data = prepare_training_data(spark, cfg, cfg.train)
     shared = make_shared(spark, cfg, cfg.store)
     shared.wait_timeout = args.wait_timeout
     log = RunLog(cfg.schedule, reporter=reporter)

@@ -56,6 +56,23 @@ def _n_classes(cfg: TrainConfig, train: PackedData, test: PackedData | None) -> 
     return n
 
 
+def prepare_training_data(
+    spark: SparkSession, cfg: TrainConfig, source: str | DataFrame, require_label: bool = False
+) -> PackedData:
+    """The validated, cached training set, whose width must be the first layer's size."""
+    packed = prepare(
+        spark, source, cfg.features_col, cfg.label_col, cfg.visible, cfg.partitions,
+        require_label=require_label,
+    )
+    if packed.width != cfg.layers[0]:
+        packed.unpersist()
+        raise InputError(
+            f"config layers starts with {cfg.layers[0]} visible units but column "
+            f"{cfg.features_col!r} has {packed.width} values per row"
+        )
+    return packed
+
+
 def train(
     spark: SparkSession,
     cfg: TrainConfig,
@@ -80,17 +97,9 @@ def train(
     if source is None:
         raise InputError("no training data: give --train PATH")
     supervised = cfg.finetune_epochs > 0
-    packed = prepare(
-        spark, source, cfg.features_col, cfg.label_col, cfg.visible, cfg.partitions,
-        require_label=supervised,
-    )
+    packed = prepare_training_data(spark, cfg, source, require_label=supervised)
     test = None
     try:
-        if packed.width != cfg.layers[0]:
-            raise InputError(
-                f"config layers starts with {cfg.layers[0]} visible units but column "
-                f"{cfg.features_col!r} has {packed.width} values per row"
-            )
         if test_source is not None and supervised:
             test = prepare(
                 spark, test_source, cfg.features_col, cfg.label_col, cfg.visible,
