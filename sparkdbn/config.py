@@ -17,6 +17,7 @@ from typing import Any
 
 from sparkdbn.errors import InputError
 from sparkdbn.fsutil import RESUMABLE_IF_EXISTS
+from sparkdbn.kernels.mlp import LR_SCHEDULES
 
 SCHEDULES = ("sequential", "pipelined", "tied")
 REPRESENTATIONS = ("probabilities", "sample")
@@ -84,7 +85,12 @@ class TrainConfig:
         default=0.0, metadata={"help": "probability of dropping a hidden unit in fine-tuning"}
     )
     finetune_lr_decay: float = field(
-        default=1.0, metadata={"help": "fine-tuning learning rate factor per epoch"}
+        default=1.0,
+        metadata={"help": "fine-tuning learning rate factor per epoch (exponential schedule)"},
+    )
+    finetune_lr_schedule: str = field(
+        default="exponential",
+        metadata={"help": "fine-tuning learning rate schedule: exponential|cosine (to 0)"},
     )
     n_classes: int | None = field(
         default=None, metadata={"help": "output classes (default: largest label + 1)"}
@@ -158,6 +164,7 @@ class TrainConfig:
             ("visible", VISIBLE),
             ("representation", REPRESENTATIONS),
             ("schedule", SCHEDULES),
+            ("finetune_lr_schedule", LR_SCHEDULES),
             ("if_exists", RESUMABLE_IF_EXISTS),
         )
         for name, allowed in choices:

@@ -62,6 +62,7 @@ from sparkdbn.config import REPRESENTATIONS, SCHEDULES, VISIBLE, TrainConfig
 from sparkdbn.engine.store import _filesystem
 from sparkdbn.engine.training import TrainingResult, metrics_dict, train
 from sparkdbn.errors import InputError
+from sparkdbn.kernels.mlp import LR_SCHEDULES
 
 __all__ = ["DBN", "RBM", "DBNClassificationModel", "DBNClassifier", "DBNModel", "RBMModel"]
 
@@ -234,8 +235,12 @@ class _DBNClassifierParams(_StackParams, HasProbabilityCol):
         "finetuneBatchSize", "fine-tuning mini-batch rows (> 0)", TypeConverters.toInt
     )
     finetuneLrDecay: Param[float] = _param(
-        "finetuneLrDecay", "fine-tuning learning rate factor per epoch (> 0)",
+        "finetuneLrDecay", "fine-tuning learning rate factor per epoch (> 0), exponential schedule",
         TypeConverters.toFloat,
+    )
+    finetuneLrSchedule: Param[str] = _param(
+        "finetuneLrSchedule", "fine-tuning learning rate schedule: exponential|cosine",
+        TypeConverters.toString,
     )
 
     def __init__(self) -> None:
@@ -246,6 +251,7 @@ class _DBNClassifierParams(_StackParams, HasProbabilityCol):
             finetuneWeightDecay=_DEFAULTS.finetune_weight_decay,
             finetuneBatchSize=_DEFAULTS.finetune_batch_size,
             finetuneLrDecay=_DEFAULTS.finetune_lr_decay,
+            finetuneLrSchedule=_DEFAULTS.finetune_lr_schedule,
         )
 
     def getFinetuneEpochs(self) -> int:
@@ -265,6 +271,9 @@ class _DBNClassifierParams(_StackParams, HasProbabilityCol):
 
     def getFinetuneLrDecay(self) -> float:
         return self.getOrDefault(self.finetuneLrDecay)
+
+    def getFinetuneLrSchedule(self) -> str:
+        return self.getOrDefault(self.finetuneLrSchedule)
 
 
 class _PretrainSetters(Params):
@@ -336,7 +345,7 @@ _CONFIG_FIELDS = {
     "representation": "representation", "finetuneEpochs": "finetune_epochs",
     "finetuneLearningRate": "finetune_learning_rate", "finetuneMomentum": "finetune_momentum",
     "finetuneWeightDecay": "finetune_weight_decay", "finetuneBatchSize": "finetune_batch_size",
-    "finetuneLrDecay": "finetune_lr_decay",
+    "finetuneLrDecay": "finetune_lr_decay", "finetuneLrSchedule": "finetune_lr_schedule",
 }
 
 _Rule = tuple[Callable[[Any], bool], str]
@@ -362,6 +371,7 @@ _RULES: dict[str, _Rule] = {
     "visible": _one_of(VISIBLE),
     "schedule": _one_of(SCHEDULES),
     "representation": _one_of(REPRESENTATIONS),
+    "finetuneLrSchedule": _one_of(LR_SCHEDULES),
 }
 
 
@@ -837,6 +847,7 @@ class DBNClassifier(
         finetuneWeightDecay: float = _DEFAULTS.finetune_weight_decay,
         finetuneBatchSize: int = _DEFAULTS.finetune_batch_size,
         finetuneLrDecay: float = _DEFAULTS.finetune_lr_decay,
+        finetuneLrSchedule: str = _DEFAULTS.finetune_lr_schedule,
     ) -> None:
         super().__init__()
         self._set(**self._input_kwargs)
@@ -872,6 +883,7 @@ class DBNClassifier(
         finetuneWeightDecay: float = _DEFAULTS.finetune_weight_decay,
         finetuneBatchSize: int = _DEFAULTS.finetune_batch_size,
         finetuneLrDecay: float = _DEFAULTS.finetune_lr_decay,
+        finetuneLrSchedule: str = _DEFAULTS.finetune_lr_schedule,
     ) -> DBNClassifier:
         return self._set(**self._input_kwargs)
 
@@ -895,6 +907,9 @@ class DBNClassifier(
 
     def setFinetuneLrDecay(self, value: float) -> DBNClassifier:
         return self._set(finetuneLrDecay=value)
+
+    def setFinetuneLrSchedule(self, value: str) -> DBNClassifier:
+        return self._set(finetuneLrSchedule=value)
 
     def _fit(self, dataset: DataFrame) -> DBNClassificationModel:
         result = _train(self, dataset, self.getLayers(), label=True)

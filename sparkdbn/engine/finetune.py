@@ -20,7 +20,7 @@ from sparkdbn.engine.divergence import divergence
 from sparkdbn.engine.faults import failing_first_attempt
 from sparkdbn.engine.jobinfo import described
 from sparkdbn.errors import DivergenceError
-from sparkdbn.kernels.mlp import MLPParams, SGDConfig, sgd_epoch
+from sparkdbn.kernels.mlp import MLPParams, SGDConfig, learning_rate_at, sgd_epoch
 from sparkdbn.logs import Reporter, as_reporter
 
 
@@ -57,12 +57,14 @@ def finetune(
     epochs: int,
     seed_key: tuple[int, ...],
     lr_decay: float = 1.0,
+    lr_schedule: str = "exponential",
     name: str = "fine-tune",
     report: Reporter | Callable[[str], Any] = print,
     checkpoint: Checkpoint | None = None,
     fail_partitions: frozenset[int] = frozenset(),
 ) -> tuple[MLPParams, list[FinetuneEpoch]]:
-    """`epochs` averaging rounds of SGD; the learning rate shrinks by `lr_decay` per epoch.
+    """`epochs` averaging rounds of SGD; the learning rate follows `lr_schedule`
+    (exponential: shrinks by `lr_decay` per epoch; cosine: anneals to 0, see learning_rate_at).
 
     With a checkpoint, training continues from the state and epoch saved under `name` (if
     any) and is saved as it goes; a round whose loss or state diverged raises DivergenceError
@@ -80,7 +82,7 @@ def finetune(
         history = [FinetuneEpoch(**record) for record in saved.records]
         report.event("resumed", stage=name, after_epoch=done, epochs=epochs)
     for epoch in range(done, epochs):
-        lr = cfg.learning_rate * lr_decay**epoch
+        lr = learning_rate_at(cfg.learning_rate, epoch, epochs, lr_schedule, lr_decay)
         epoch_cfg = dataclasses.replace(cfg, learning_rate=lr)
         start = time.perf_counter()
         with described(spark, f"{name} · epoch {epoch + 1}"):

@@ -149,8 +149,8 @@ def _finetune_and_evaluate(
     start = from_pretrained(stack, n_classes, np.random.default_rng([cfg.seed, n_layers]))
     tuned, result.finetune_history = finetune(
         spark, packed, start, _sgd_config(cfg), cfg.finetune_epochs, (cfg.seed, n_layers),
-        cfg.finetune_lr_decay, name="fine-tune", report=report, checkpoint=checkpoint,
-        fail_partitions=cfg.fail_partitions,
+        cfg.finetune_lr_decay, cfg.finetune_lr_schedule, name="fine-tune", report=report,
+        checkpoint=checkpoint, fail_partitions=cfg.fail_partitions,
     )
     result.model = result.model.with_mlp(tuned)
     if test is not None:
@@ -164,7 +164,8 @@ def _finetune_and_evaluate(
             base_cfg = dataclasses.replace(base_cfg, learning_rate=cfg.baseline_learning_rate)
         base, result.baseline_history = finetune(
             spark, packed, random_start, base_cfg, cfg.finetune_epochs,
-            (cfg.seed, n_layers + 1), cfg.finetune_lr_decay, name="baseline", report=report,
+            (cfg.seed, n_layers + 1), cfg.finetune_lr_decay, cfg.finetune_lr_schedule,
+            name="baseline", report=report,
             checkpoint=checkpoint, fail_partitions=cfg.fail_partitions,
         )
         if test is not None:

@@ -20,6 +20,7 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from sparkdbn.errors import InputError
+from sparkdbn.kernels.mlp import learning_rate_at
 from sparkdbn.ml import DBN, RBM, DBNClassificationModel, DBNClassifier, DBNModel, RBMModel
 
 # Observed on the 2,000 / 500 fixture (seed 1, 2 partitions): 0.756 with Bernoulli units, 0.768
@@ -40,7 +41,8 @@ def test_df(spark, fashion_parquet: Path):
 
 @pytest.fixture(scope="module")
 def pipeline_model(train_df) -> PipelineModel:
-    return Pipeline(stages=[DBNClassifier(layers=[64], **SMALL)]).fit(train_df)
+    classifier = DBNClassifier(layers=[64], finetuneLrSchedule="cosine", **SMALL)
+    return Pipeline(stages=[classifier]).fit(train_df)
 
 
 @pytest.fixture(scope="module")
@@ -92,7 +94,10 @@ def test_pipeline_accuracy_beats_floor(pipeline_model, predictions):
     assert accuracy(predictions) > ACCURACY_FLOOR
     metrics = pipeline_model.stages[-1].trainingMetrics
     assert [layer["n_hidden"] for layer in metrics["layers"]] == [64]
-    assert len(metrics["finetune"]) == SMALL["finetuneEpochs"]
+    epochs, rate = SMALL["finetuneEpochs"], pipeline_model.stages[-1].getFinetuneLearningRate()
+    assert [e["learning_rate"] for e in metrics["finetune"]] == [
+        learning_rate_at(rate, e, epochs, "cosine") for e in range(epochs)
+    ]
 
 
 def test_gaussian_visible_after_standard_scaler(spark, train_df, test_df, tmp_path: Path):
@@ -339,6 +344,7 @@ def test_sparse_count_vectors_train_a_classifier(spark):
         (DBNClassifier(momentum=1.0), "momentum"),
         (DBNClassifier(finetuneEpochs=0), "finetuneEpochs"),
         (DBNClassifier(visible="poisson"), "visible"),
+        (DBNClassifier(finetuneLrSchedule="step"), "finetuneLrSchedule"),
         (DBN(schedule="pipelined", maxIter=1, finalEpochs=2), "finalEpochs"),
         (DBN(numPartitions=0), "numPartitions"),
         (RBM(numHidden=0), "numHidden"),

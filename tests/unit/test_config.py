@@ -47,6 +47,7 @@ def test_flags_override_the_file(tmp_path: Path) -> None:
         ("sample_visible = 1", "config sample_visible must be bool"),
         ("finetune_dropout = 1.0", "config finetune_dropout must be in [0, 1)"),
         ("baseline_learning_rate = 0", "config baseline_learning_rate must be > 0"),
+        ("finetune_lr_schedule = 'step'", "config finetune_lr_schedule must be one of"),
         ("epochs = 2\nfinal_epochs = 3\nschedule = 'pipelined'", "must not exceed epochs"),
         ("epochs = [", "is not valid TOML"),
     ],

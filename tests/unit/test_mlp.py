@@ -15,6 +15,7 @@ from sparkdbn.kernels.mlp import (
     forward,
     from_pretrained,
     init_mlp,
+    learning_rate_at,
     loss_and_grads,
     predict_proba,
     sgd_epoch,
@@ -296,6 +297,21 @@ def test_flat_round_trip_copy_and_zeros_like():
 def test_sgd_config_rejects_bad_values(field, value):
     with pytest.raises(ValueError, match=field):
         SGDConfig(**{field: value})
+
+
+def test_learning_rate_schedules():
+    # exponential: base·decay^e; decay 1 is constant
+    assert [learning_rate_at(0.1, e, 4, "exponential", 0.5) for e in range(4)] == pytest.approx(
+        [0.1, 0.05, 0.025, 0.0125]
+    )
+    assert learning_rate_at(0.1, 7, 10) == 0.1
+    # cosine: full rate first, half way at the middle epoch, near 0 (never 0) at the last one
+    rates = [learning_rate_at(0.2, e, 10, "cosine") for e in range(10)]
+    assert rates[0] == 0.2 and rates[5] == pytest.approx(0.1)
+    assert all(a > b for a, b in pairwise(rates)) and 0 < rates[-1] < 0.006
+    assert rates[-1] == pytest.approx(0.2 * (1 - np.cos(np.pi / 10)) / 2)
+    with pytest.raises(ValueError, match="schedule must be one of"):
+        learning_rate_at(0.1, 0, 10, "step")
 
 
 def test_sgd_config_accepts_numpy_integers():
