@@ -5,7 +5,9 @@ The state is one flat float32 vector (parameters and optimizer buffers). A round
 `applyInArrow` stage that averages the partitions' states weighted by row count. The state is
 cut into chunks and each chunk is averaged by its own group, so the reduction runs in
 parallel, no task holds more than a bounded slice, and the driver only ever receives the
-averaged vector: its memory is O(parameters), whatever the number of partitions.
+averaged vector: its memory is O(parameters), whatever the number of partitions. When all
+partitions' states together fit that bound (a few partitions), the driver averages them
+itself with the same function instead, which saves the shuffle stage.
 
 Only DataFrame APIs are used, so the same code runs over Spark Connect. Determinism: each
 partition's generator is seeded by (seed key, partition id), and the average adds the
@@ -110,15 +112,25 @@ def average_round(
     seed_key: tuple[int, ...],
     partitions: int,
 ) -> RoundResult:
-    """Run `step` on every partition of `data` from `state`; return the averaged new state."""
+    """Run `step` on every partition of `data` from `state`; return the averaged new state.
+
+    When all partitions' states fit in one group's bound (GROUP_BYTES), the driver collects
+    them and averages them itself with the same code: this saves the shuffle stage, about a
+    tenth of a second per round, and keeps the driver's memory within the same bound.
+    """
     state = np.ascontiguousarray(state, np.float32)
     chunk = chunk_length(state.size, partitions)
-    reduced = (
-        data.mapInArrow(_map_partitions(step, state, seed_key, chunk), STATE_SCHEMA)
-        .groupBy("chunk")
-        .applyInArrow(_average_chunk, REDUCED_SCHEMA)
-        .collect()
-    )
+    mapped = data.mapInArrow(_map_partitions(step, state, seed_key, chunk), STATE_SCHEMA)
+    if partitions * state.size * 4 <= GROUP_BYTES:
+        table = mapped.toArrow()
+        chunks = table.column("chunk").to_numpy()
+        reduced = [
+            _average_chunk(table.filter(pa.array(chunks == c))).to_pylist()[0]
+            for c in np.unique(chunks)
+        ]
+    else:
+        rows = mapped.groupBy("chunk").applyInArrow(_average_chunk, REDUCED_SCHEMA).collect()
+        reduced = [row.asDict() for row in rows]
     if not reduced:
         raise ValueError("no partition had any rows")
     reduced.sort(key=lambda row: row["chunk"])
