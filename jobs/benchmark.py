@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -48,6 +49,10 @@ def build_parser() -> JobParser:
         help="DBN of the makespan runs; must tie for the tied schedule (default 784,500,784)",
     )
     parser.add_argument("--partitions", type=int, default=2, help="training data partitions")
+    parser.add_argument(
+        "--publish-every", type=int, default=2,
+        help="epochs between rough versions in the pipelined makespans (default 2)",
+    )
     parser.add_argument("--output", help="also write the JSON here")
     parser.add_argument(
         "--if-exists",
@@ -86,15 +91,26 @@ def _scale_main(args: argparse.Namespace) -> None:
     print(json.dumps({"epoch_seconds": seconds, "driver_peak_rss_mb": bm.peak_rss_mb()}))
 
 
+def _pinned(core: int) -> list[str]:
+    """Command prefix that keeps a process and all its children (the JVM, Python workers) on
+    one core: a local[1] application alone also uses a second core for its JVM otherwise."""
+    taskset = shutil.which("taskset")
+    return [taskset, "-c", str(core % (os.cpu_count() or 1))] if taskset else []
+
+
 def _per_layer_core(args: argparse.Namespace, data: str, layers: list[int]) -> dict:
-    """Sequential greedy on one core vs pipelined with one single-core application per layer."""
+    """Sequential greedy on one core vs pipelined with one single-core application per layer.
+
+    "One core" is enforced with CPU affinity (taskset) when available: layer l's application
+    runs on core l, the sequential one on core 0, each with local[1].
+    """
     tmp = bm.temp_dir()
     common = [
         "--layers", ",".join(map(str, layers)), "--epochs", str(args.epochs),
-        "--partitions", "1", "--publish-every", "2", "--final-epochs", "1",
+        "--partitions", "1", "--publish-every", str(args.publish_every), "--final-epochs", "1",
     ]
     seq = subprocess.run(
-        [sys.executable, str(JOBS / "train_dbn.py"), "--train", data, "--output",
+        [*_pinned(0), sys.executable, str(JOBS / "train_dbn.py"), "--train", data, "--output",
          str(tmp / "seq"), "--schedule", "sequential", *common],
         env=_subprocess_env("local[1]"), capture_output=True, text=True, check=False,
     )
@@ -105,8 +121,8 @@ def _per_layer_core(args: argparse.Namespace, data: str, layers: list[int]) -> d
         log = tmp / f"layer{layer}.log"
         with open(log, "w") as out:
             return subprocess.Popen(
-                [sys.executable, str(JOBS / "pretrain_layer.py"), "--layer", str(layer),
-                 "--store", str(tmp / "store"), "--output", str(tmp / f"layer{layer}"),
+                [*_pinned(layer), sys.executable, str(JOBS / "pretrain_layer.py"), "--layer",
+                 str(layer), "--store", str(tmp / "store"), "--output", str(tmp / f"layer{layer}"),
                  "--schedule", "pipelined", *common, *(["--train", data] if layer == 0 else [])],
                 env=_subprocess_env("local[1]"), stdout=out, stderr=subprocess.STDOUT,
             )
@@ -134,6 +150,7 @@ def _per_layer_core(args: argparse.Namespace, data: str, layers: list[int]) -> d
         "sequential_1core_makespan_seconds": sequential,
         "pipelined_1core_per_layer_makespan_seconds": pipelined,
         "pipelined_speedup_per_layer_core": sequential / pipelined,
+        "per_layer_core_pinned": bool(_pinned(0)),
     }
 
 
@@ -153,8 +170,11 @@ def main(argv: list[str] | None = None) -> None:
     if args.output:
         check_target(args.output, args.if_exists)
     layers = parse_sizes("--layers", args.layers)
-    if min(args.rows, args.repeats, args.epochs, args.partitions, args.hidden) < 1:
-        raise InputError("--rows, --repeats, --epochs, --partitions and --hidden must be >= 1")
+    sizes = (args.rows, args.repeats, args.epochs, args.partitions, args.hidden, args.publish_every)
+    if min(sizes) < 1:
+        raise InputError(
+            "--rows, --repeats, --epochs, --partitions, --hidden and --publish-every must be >= 1"
+        )
     source = args.data or (str(DEFAULT_DATA) if DEFAULT_DATA.exists() else None)
     tmp = bm.temp_dir()
     data = str(tmp / "data")
@@ -171,6 +191,7 @@ def main(argv: list[str] | None = None) -> None:
     out: dict = {"data": source_kind, "rows": n, "machine": bm.machine(),
                  "settings": {"hidden": args.hidden, "k": cfg.k, "batch_size": cfg.batch_size,
                               "repeats": args.repeats, "partitions": args.partitions,
+                              "publish_every": args.publish_every,
                               "makespan_layers": layers, "makespan_epochs": args.epochs}}
     out["sgemm_gflops"] = bm.sgemm_gflops(repeats=max(args.repeats, 3))
     out["numpy_epoch_seconds"] = bm.numpy_epoch_seconds(X, args.hidden, cfg, args.repeats)
@@ -194,7 +215,7 @@ def main(argv: list[str] | None = None) -> None:
     for schedule in ("sequential", "pipelined", "tied"):
         out[f"{schedule}_makespan_seconds"] = makespan(
             spark, data, layers, schedule, args.epochs, args.partitions, tmp / "stores",
-            publish_every=2, final_epochs=1,
+            publish_every=args.publish_every, final_epochs=1,
         )
     out.update(_per_layer_core(args, data, layers))
     out["measured_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
