@@ -32,7 +32,7 @@ def main(remote: str, train_path: str, test_path: str, store: str, zip_path: str
         if zip_path:
             spark.addArtifacts(zip_path, pyfile=True)
         cfg = TrainConfig(
-            layers=[784, 32, 16], epochs=3, schedule="pipelined", start_after=1,
+            layers=[784, 32, 16], epochs=6, schedule="pipelined", start_after=1,
             final_epochs=1, finetune_epochs=2, partitions=2, seed=3,
         ).validate()
         train_df = spark.read.parquet(train_path)

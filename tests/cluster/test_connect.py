@@ -116,7 +116,7 @@ def test_train_dbn_job_runs_over_spark_remote(
     done = _run(
         [sys.executable, "jobs/train_dbn.py",
          "--train", str(fashion_parquet / "train"), "--test", str(fashion_parquet / "test"),
-         "--output", str(output), "--layers", "784,32,16", "--epochs", "3",
+         "--output", str(output), "--layers", "784,32,16", "--epochs", "6",
          "--schedule", "pipelined", "--start-after", "1", "--final-epochs", "1",
          "--finetune-epochs", "2", "--partitions", "2"],
         cluster_env(PYTHONPATH=str(REPO), SPARK_REMOTE=connect_url),

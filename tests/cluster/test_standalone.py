@@ -82,7 +82,7 @@ def test_train_dbn_runs_on_the_standalone_cluster(
         "--train", str(fashion_parquet / "train"),
         "--test", str(fashion_parquet / "test"),
         "--output", str(output),
-        "--layers", "784,32,16", "--epochs", "3", "--schedule", "pipelined",
+        "--layers", "784,32,16", "--epochs", "6", "--schedule", "pipelined",
         "--start-after", "1", "--final-epochs", "1", "--finetune-epochs", "2",
         "--partitions", "2",
     ]  # fmt: skip
