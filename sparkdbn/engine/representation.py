@@ -16,7 +16,14 @@ from sparkdbn.engine.threads import task_blas_threads
 from sparkdbn.kernels.rbm import DTYPE, RBMParams, hidden_probs, sample_bernoulli
 
 
-def _transform_batches(params: RBMParams, mode: str, seed_key: tuple[int, ...]):
+def hidden_batches(params: RBMParams, mode: str, seed_key: tuple[int, ...]):
+    """The mapInArrow function behind `hidden_frame`: x becomes the layer's hidden units.
+
+    Samples are drawn from a generator seeded by (seed key, partition), so they repeat.
+    """
+    if mode not in REPRESENTATIONS:
+        raise ValueError(f"representation must be one of {REPRESENTATIONS}, got {mode!r}")
+
     def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         from pyspark import TaskContext
 
@@ -37,15 +44,11 @@ def _transform_batches(params: RBMParams, mode: str, seed_key: tuple[int, ...]):
 def hidden_frame(
     df: DataFrame, params: RBMParams, mode: str, seed_key: tuple[int, ...]
 ) -> DataFrame:
-    """`df` (id, x[, label]) with x replaced by the layer's hidden probabilities or samples.
-
-    Samples are drawn from a generator seeded by (seed key, partition), so they repeat.
-    """
-    if mode not in REPRESENTATIONS:
-        raise ValueError(f"representation must be one of {REPRESENTATIONS}, got {mode!r}")
+    """`df` (id, x[, label]) with x replaced by the layer's hidden probabilities or samples."""
+    batches = hidden_batches(params, mode, seed_key)
     keep = [c for c in (PACKED_ID, PACKED_X, PACKED_LABEL) if c in df.columns]
     df = df.select(*keep)
-    return df.mapInArrow(_transform_batches(params, mode, seed_key), df.schema)
+    return df.mapInArrow(batches, df.schema)
 
 
 def transform_cached(

@@ -33,7 +33,7 @@ from sparkdbn.engine.checkpoint import Checkpoint
 from sparkdbn.engine.jobinfo import described
 from sparkdbn.engine.pretrain import initial_params, layer_trainer, pretrain_sequential
 from sparkdbn.engine.rbm_trainer import LayerTrainer
-from sparkdbn.engine.representation import hidden_frame
+from sparkdbn.engine.representation import hidden_batches
 from sparkdbn.engine.store import RepresentationStore, Version
 from sparkdbn.kernels.rbm import RBMParams
 from sparkdbn.metrics import RunLog
@@ -135,12 +135,21 @@ def _publish(
     cfg: TrainConfig,
     final: bool = False,
 ) -> None:
-    df = hidden_frame(
-        data.df, trainer.params, cfg.representation, (cfg.seed, trainer.layer, trainer.epoch)
-    )
+    """Write the representation of `data` under the trainer's current weights as a version.
+
+    The transform runs inside the write; probabilities are stored uncompressed, because float
+    noise does not compress and the codec only costs time, while 0/1 samples compress well.
+    """
+    seed_key = (cfg.seed, trainer.layer, trainer.epoch)
     text = f"layer {trainer.layer} · publish after epoch {trainer.epoch}"
     with described(spark, text, trainer.pool):
-        version = store.publish(df, trainer.n_hidden, {"epoch": trainer.epoch, "final": final})
+        version = store.publish(
+            data.df,
+            trainer.n_hidden,
+            {"epoch": trainer.epoch, "final": final},
+            batches=hidden_batches(trainer.params, cfg.representation, seed_key),
+            compression="none" if cfg.representation == "probabilities" else "snappy",
+        )
     if final:
         store.mark_final(version)
     store.collect_garbage()

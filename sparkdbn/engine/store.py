@@ -9,9 +9,10 @@ Layout under the store's base path (any Hadoop file system, or a local path unde
 
 Readers only list `_versions/`, so a version whose write is running, failed or was killed (a
 `v-…` directory without a marker) is never seen. The marker is written after Spark's write has
-finished and the written files have been read back for their row count and checksum, so it
-describes exactly what a reader will get. Directory names are never reused: a killed job's
-executors might still be writing into its directory.
+finished, with the row count and checksum of exactly the rows written: tallied by the writing
+tasks themselves (an accumulator, which Spark merges once per partition of the write), or read
+back from the files under Spark Connect, which has no accumulators. Directory names are never
+reused: a killed job's executors might still be writing into its directory.
 """
 
 from __future__ import annotations
@@ -24,13 +25,14 @@ import shutil
 import socket
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from urllib.parse import urlparse
 
 import numpy as np
 import pyarrow as pa
 from pyspark import StorageLevel
+from pyspark.accumulators import Accumulator, AccumulatorParam
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import types as T
 
@@ -47,6 +49,8 @@ _READER_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
 # added as integers, so the sum is exact and independent of partitioning and batch order.
 _CHECKSUM_SCALE = 2**20
 _STATS_SCHEMA = "n long, total long"
+
+Batches = Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]]
 
 
 @dataclass(frozen=True)
@@ -179,6 +183,11 @@ def _filesystem(spark: SparkSession, base: str) -> _LocalFS | _HadoopFS:
     )
 
 
+def _checksum_terms(X: np.ndarray) -> int:
+    """The exact integer sum of X's values rounded to multiples of 1 / _CHECKSUM_SCALE."""
+    return int(np.rint(X * np.float32(_CHECKSUM_SCALE)).sum(dtype=np.int64))
+
+
 def _stats_batches(width: int):
     """Per non-empty partition: its row count and the exact integer sum of its rounded values."""
 
@@ -187,7 +196,7 @@ def _stats_batches(width: int):
         for batch in batches:
             X = unpack_rows(batch.column(PACKED_X), width)
             n += X.shape[0]
-            total += int(np.rint(X * np.float32(_CHECKSUM_SCALE)).sum(dtype=np.int64))
+            total += _checksum_terms(X)
         if n:
             yield pa.RecordBatch.from_pydict(
                 {"n": pa.array([n], pa.int64()), "total": pa.array([total], pa.int64())}
@@ -202,6 +211,29 @@ def _stats(df: DataFrame, width: int) -> tuple[int, float, int]:
     n = sum(r["n"] for r in rows)
     checksum = sum(r["total"] for r in rows) / _CHECKSUM_SCALE
     return n, checksum, len(rows)
+
+
+class _PairSum(AccumulatorParam):
+    """(rows, checksum terms) added element-wise: Python ints, so the sum stays exact."""
+
+    def zero(self, value: tuple[int, int]) -> tuple[int, int]:
+        return (0, 0)
+
+    def addInPlace(self, a: tuple[int, int], b: tuple[int, int]) -> tuple[int, int]:
+        return (a[0] + b[0], a[1] + b[1])
+
+
+def _tallied(batches: Batches, width: int, tally: Accumulator | None) -> Batches:
+    """`batches`, also adding the rows and checksum terms of what it emits to `tally`."""
+
+    def run(source: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        for batch in batches(source):
+            X = unpack_rows(batch.column(PACKED_X), width)
+            if tally is not None:
+                tally.add((X.shape[0], _checksum_terms(X)))
+            yield batch
+
+    return run
 
 
 class RepresentationStore:
@@ -263,11 +295,22 @@ class RepresentationStore:
 
     # -- writer --------------------------------------------------------------------------------
 
-    def publish(self, df: DataFrame, width: int, meta: dict | None = None) -> Version:
+    def publish(
+        self,
+        df: DataFrame,
+        width: int,
+        meta: dict | None = None,
+        batches: Batches | None = None,
+        compression: str = "snappy",
+    ) -> Version:
         """Write `df` (id, x[, label]) as the next version, then commit it with its marker.
 
-        Numbering continues after every marker and every leftover directory (a restarted
-        writer never reuses a name), and Spark's write refuses an existing directory.
+        `batches`, a mapInArrow function from `df`'s rows to rows of the same schema (such as
+        a layer's transform), runs in the writing tasks, which then tally what they write: no
+        read-back pass, except under Spark Connect. `compression` is Parquet's codec ("none"
+        suits float probabilities, which do not compress). Numbering continues after every
+        marker and every leftover directory (a restarted writer never reuses a name), and
+        Spark's write refuses an existing directory.
         """
         fields = {f.name: f.dataType for f in df.schema.fields}
         if PACKED_ID not in fields or not isinstance(fields.get(PACKED_X), T.BinaryType):
@@ -280,9 +323,17 @@ class RepresentationStore:
         number = max(used, default=0) + 1
         path = self._data_path(number)
         columns = [c for c in (PACKED_ID, PACKED_X, PACKED_LABEL) if c in fields]
+        df = df.select(*columns)
+        sc = getattr(self.spark, "_sc", None)
+        tally = None if batches is None or sc is None else sc.accumulator((0, 0), _PairSum())
+        if batches is not None:
+            df = df.mapInArrow(_tallied(batches, width, tally), df.schema)
         # "error", not its alias "errorifexists", which the Spark Connect client rejects
-        df.select(*columns).write.mode("error").parquet(path)
-        n_rows, checksum, _ = _stats(self.spark.read.parquet(path), width)
+        df.write.mode("error").option("compression", compression).parquet(path)
+        if tally is None:
+            n_rows, checksum, _ = _stats(self.spark.read.parquet(path), width)
+        else:
+            n_rows, checksum = tally.value[0], tally.value[1] / _CHECKSUM_SCALE
         record = {
             "version": number,
             "n_rows": n_rows,

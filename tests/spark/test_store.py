@@ -3,6 +3,7 @@ waiting, leases and garbage collection, integrity checks."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -12,6 +13,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from chispa import assert_df_equality
 
@@ -53,6 +56,45 @@ def slow(batches):
         yield batch
 
 store.publish(df.mapInArrow(slow, df.schema), 2, {"k": 2})
+"""
+
+# A writer under local[2,4] (Spark retries a task up to 4 times) whose transform, in
+# partition 1's first attempt, emits one batch and then fails: the accumulator the writing
+# tasks feed must count only the attempt that succeeded. Prints the marker and a read-back.
+RETRIED_WRITER = """
+import json, sys
+import numpy as np
+import pyarrow as pa
+from pyspark import TaskContext
+from pyspark.sql import SparkSession
+from sparkdbn.engine.store import RepresentationStore
+
+spark = (
+    SparkSession.builder.master("local[2,4]").appName("store-retried-writer")
+    .config("spark.ui.enabled", "false").config("spark.driver.memory", "512m")
+    .config("spark.sql.execution.arrow.maxRecordsPerBatch", "5")
+    .config("spark.driver.extraJavaOptions", "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC")
+    .getOrCreate()
+)
+X = np.arange(40 * 3, dtype=np.float32).reshape(40, 3) / 7
+df = spark.createDataFrame([(i, X[i].tobytes()) for i in range(40)], "id long, x binary")
+
+def doubled_failing_once(batches):
+    context = TaskContext.get()
+    for i, batch in enumerate(batches):
+        if i == 1 and context.partitionId() == 1 and context.attemptNumber() == 0:
+            raise RuntimeError("injected fault: partition 1, first attempt")
+        x = np.frombuffer(batch.column("x").buffers()[2], np.float32) * 2
+        n = len(batch)
+        offsets = pa.py_buffer(np.arange(0, (n + 1) * 12, 12, dtype=np.int32))
+        column = pa.BinaryArray.from_buffers(pa.binary(), n, [None, offsets, pa.py_buffer(x)])
+        yield pa.RecordBatch.from_arrays([batch.column("id"), column], names=["id", "x"])
+
+store = RepresentationStore(spark, sys.argv[1])
+v = store.publish(df.repartition(2), 3, batches=doubled_failing_once)
+back = spark.read.parquet(v.path).collect()
+print(json.dumps({"n_rows": v.n_rows, "checksum": v.checksum, "verified": store.verify(v),
+                  "sum": float(sum(np.frombuffer(r["x"], np.float32).sum() for r in back))}))
 """
 
 
@@ -104,6 +146,51 @@ def test_publish_latest_versions_read_and_load(spark, base):
         assert np.array_equal(unpack_sorted(data.df), BASE_X * np.float32(3))
     finally:
         data.unpersist()
+
+
+def test_publish_tallies_what_its_tasks_write(spark, base):
+    """A transform given to publish runs in the writing tasks, which count and checksum what
+    they write: the marker equals a read-back of the files. `compression` reaches Parquet."""
+    store = RepresentationStore(spark, str(base))
+
+    def tripled(batches):
+        for batch in batches:
+            x = np.frombuffer(batch.column("x").buffers()[2], np.float32) * np.float32(3)
+            column = pa.BinaryArray.from_buffers(
+                pa.binary(), len(batch), [None, batch.column("x").buffers()[1], pa.py_buffer(x)]
+            )
+            yield pa.RecordBatch.from_arrays(
+                [batch.column("id"), column, batch.column("label")], names=["id", "x", "label"]
+            )
+
+    v1 = store.publish(frame(spark, 1), W, batches=tripled, compression="none")
+    assert (v1.n_rows, v1.width) == (N, W)
+    assert v1.checksum == pytest.approx(float((BASE_X * 3).sum(dtype=np.float64)), abs=1e-3)
+    assert store.verify(v1)
+    assert np.array_equal(unpack_sorted(store.read(v1)), BASE_X * np.float32(3))
+    parts = sorted(Path(v1.path).glob("*.parquet"))
+    assert parts and {
+        pq.ParquetFile(part).metadata.row_group(0).column(1).compression for part in parts
+    } == {"UNCOMPRESSED"}
+    with pytest.raises(Exception, match="not 7 float32 values wide"):
+        store.publish(frame(spark, 1), W + 1, batches=tripled)
+
+
+def test_retried_tasks_are_tallied_once(tmp_path):
+    """A writing task that fails after emitting rows is retried; its lost attempt leaves no
+    trace in the marker, which matches the files exactly (40 rows, every value doubled)."""
+    env = dict(os.environ, PYTHONPATH=str(REPO), PYSPARK_PYTHON=sys.executable)
+    result = subprocess.run(
+        [sys.executable, "-c", RETRIED_WRITER, str(tmp_path / "store")],
+        env=env, capture_output=True, text=True, timeout=300, check=False,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "injected fault: partition 1, first attempt" in result.stderr
+    got = json.loads(result.stdout.strip().splitlines()[-1])
+    expected = float((np.arange(120, dtype=np.float32) / np.float32(7) * 2).sum(dtype=np.float64))
+    assert got["n_rows"] == 40 and got["verified"] is True
+    assert got["checksum"] == pytest.approx(expected, abs=1e-3)
+    assert got["sum"] == pytest.approx(expected, rel=1e-6)
 
 
 def test_local_file_system_without_jvm_helpers(spark, tmp_path):
