@@ -6,10 +6,12 @@ asserted: the README's Performance section shows one run.
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import platform
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
@@ -142,4 +144,7 @@ def write_parquet(path: Path, X: np.ndarray, partitions: int) -> None:
 
 
 def temp_dir() -> Path:
-    return Path(tempfile.mkdtemp(prefix="sparkdbn-bench-"))
+    """A scratch directory for data, stores and outputs, removed when the process exits."""
+    path = Path(tempfile.mkdtemp(prefix="sparkdbn-bench-"))
+    atexit.register(shutil.rmtree, path, ignore_errors=True)
+    return path

@@ -1,0 +1,55 @@
+"""jobs/benchmark.py end to end on the Fashion-MNIST sample: every figure the issue names is
+measured and consistent with the others, and the job leaves nothing behind in its temp dir.
+
+Only the figures' presence and arithmetic are checked: timings are reported, never asserted.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import run_job
+
+FIGURES = (
+    "sgemm_gflops", "numpy_epoch_seconds", "spark_epoch_seconds", "spark_overhead_ratio",
+    "cd_gflops", "fraction_of_sgemm", "sklearn_epoch_seconds", "speedup_vs_sklearn",
+    "sequential_makespan_seconds", "pipelined_makespan_seconds", "tied_makespan_seconds",
+    "sequential_1core_makespan_seconds", "pipelined_1core_per_layer_makespan_seconds",
+    "pipelined_speedup_per_layer_core", "scaling_ratio_4x",
+)
+
+
+@pytest.mark.slow
+def test_benchmark_measures_every_figure(fashion_parquet: Path, tmp_path: Path) -> None:
+    rows, hidden = 600, 16
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    output = tmp_path / "bench.json"
+    result = run_job(
+        "benchmark", "--data", str(fashion_parquet / "train"), "--rows", str(rows),
+        "--hidden", str(hidden), "--repeats", "1", "--epochs", "2", "--publish-every", "1",
+        "--layers", f"784,{hidden},784", "--output", str(output),
+        env={"TMPDIR": str(temp)},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = json.loads(output.read_text())
+    assert out["rows"] == rows and out["data"].endswith(str(fashion_parquet / "train"))
+    assert {"cores", "cpu", "blas"} <= set(out["machine"])
+    for key in FIGURES:
+        assert isinstance(out[key], float) and math.isfinite(out[key]) and out[key] > 0, key
+    assert out["spark_overhead_ratio"] == out["spark_epoch_seconds"] / out["numpy_epoch_seconds"]
+    flops = 10 * rows * 784 * hidden  # (4k + 6)·N·n_v·n_h with k = 1
+    assert math.isclose(out["cd_gflops"], flops / out["spark_epoch_seconds"] / 1e9)
+    assert math.isclose(out["fraction_of_sgemm"], out["cd_gflops"] / out["sgemm_gflops"])
+    assert math.isclose(
+        out["pipelined_speedup_per_layer_core"],
+        out["sequential_1core_makespan_seconds"]
+        / out["pipelined_1core_per_layer_makespan_seconds"],
+    )
+    assert set(out["driver_peak_rss_mb"]) == {"1x", "4x"}
+    assert "spark_overhead_ratio" in result.stdout  # the readable table
+    assert list(temp.iterdir()) == []  # data, stores and layer outputs are cleaned up
