@@ -30,7 +30,8 @@ from sparkdbn.kernels.rbm import CDConfig, RBMParams, cd_epoch
 REPO = Path(__file__).resolve().parents[1]
 
 
-def median_seconds(fn: Callable[[], Any], repeats: int, warmup: int = 1) -> float:
+def timed_runs(fn: Callable[[], Any], repeats: int, warmup: int = 1) -> list[float]:
+    """Seconds of each of `repeats` calls of fn, after `warmup` untimed ones."""
     for _ in range(warmup):
         fn()
     times = []
@@ -38,7 +39,11 @@ def median_seconds(fn: Callable[[], Any], repeats: int, warmup: int = 1) -> floa
         start = time.perf_counter()
         fn()
         times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return times
+
+
+def median_seconds(fn: Callable[[], Any], repeats: int, warmup: int = 1) -> float:
+    return statistics.median(timed_runs(fn, repeats, warmup))
 
 
 def machine() -> dict[str, Any]:
@@ -80,18 +85,21 @@ def cd_flops(n_rows: int, n_visible: int, n_hidden: int, k: int = 1) -> float:
     return (4 * k + 6) * n_rows * n_visible * n_hidden
 
 
-def numpy_epoch_seconds(X: np.ndarray, n_hidden: int, cfg: CDConfig, repeats: int) -> float:
-    """One plain numpy CD epoch over all rows in this process (BLAS on all cores)."""
+def numpy_epoch_runs(X: np.ndarray, n_hidden: int, cfg: CDConfig, repeats: int) -> list[float]:
+    """Seconds of plain numpy CD epochs over all rows in this process (BLAS on all cores)."""
     params = RBMParams.init(X.shape[1], n_hidden, np.random.default_rng(0))
     velocity = params.zeros_like()
     rngs = iter(range(10**6))
-    return median_seconds(
+    return timed_runs(
         lambda: cd_epoch(params, velocity, X, cfg, np.random.default_rng(next(rngs))), repeats
     )
 
 
-def sklearn_epoch_seconds(X: np.ndarray, n_hidden: int, batch: int, repeats: int) -> float | None:
-    """scikit-learn's BernoulliRBM, one epoch (n_iter=1) over the same rows and units."""
+def sklearn_epoch_runs(
+    X: np.ndarray, n_hidden: int, batch: int, repeats: int
+) -> list[float] | None:
+    """scikit-learn's BernoulliRBM, one epoch (n_iter=1) over the same rows and units; it
+    computes in X's dtype. None when scikit-learn is not installed."""
     try:
         from sklearn.neural_network import BernoulliRBM
     except ImportError:
@@ -102,7 +110,7 @@ def sklearn_epoch_seconds(X: np.ndarray, n_hidden: int, batch: int, repeats: int
             n_components=n_hidden, batch_size=batch, n_iter=1, learning_rate=0.1, random_state=0
         ).fit(X)
 
-    return median_seconds(fit, repeats)
+    return timed_runs(fit, repeats)
 
 
 def peak_rss_mb() -> float:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import statistics
 from pathlib import Path
 
 import pytest
@@ -19,7 +20,8 @@ FIGURES = (
     "cd_gflops", "fraction_of_sgemm", "sklearn_epoch_seconds", "speedup_vs_sklearn",
     "sequential_makespan_seconds", "pipelined_makespan_seconds", "tied_makespan_seconds",
     "sequential_1core_makespan_seconds", "pipelined_1core_per_layer_makespan_seconds",
-    "pipelined_speedup_per_layer_core", "scaling_ratio_4x",
+    "pipelined_speedup_per_layer_core", "scaling_ratio_4x", "sklearn_float64_epoch_seconds",
+    "speedup_vs_sklearn_float64",
 )
 
 
@@ -51,5 +53,11 @@ def test_benchmark_measures_every_figure(fashion_parquet: Path, tmp_path: Path) 
         / out["pipelined_1core_per_layer_makespan_seconds"],
     )
     assert set(out["driver_peak_rss_mb"]) == {"1x", "4x"}
+    # References are timed before and after the Spark epochs; each figure is the median of all.
+    assert set(out["reference_runs"]) == {
+        "numpy_epoch_seconds", "sklearn_epoch_seconds", "sklearn_float64_epoch_seconds",
+    }
+    for key, runs in out["reference_runs"].items():
+        assert len(runs) == 2 and out[key] == pytest.approx(statistics.median(runs), abs=1e-3)
     assert "spark_overhead_ratio" in result.stdout  # the readable table
     assert list(temp.iterdir()) == []  # data, stores and layer outputs are cleaned up
