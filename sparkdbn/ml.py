@@ -59,7 +59,7 @@ from pyspark.sql.utils import is_remote
 import sparkdbn.model as dbn_model
 from sparkdbn.columns import features_to_numpy
 from sparkdbn.config import REPRESENTATIONS, SCHEDULES, VISIBLE, TrainConfig
-from sparkdbn.engine.store import _filesystem
+from sparkdbn.engine.filesystem import filesystem
 from sparkdbn.engine.training import TrainingResult, metrics_dict, train
 from sparkdbn.errors import InputError
 from sparkdbn.kernels.mlp import LR_SCHEDULES
@@ -432,7 +432,7 @@ def _store(spark: SparkSession, base: str | None, uid: str) -> Iterator[str]:
     try:
         yield path
     finally:
-        _filesystem(spark, path).delete(path, recursive=True)
+        filesystem(spark, path).delete(path, recursive=True)
 
 
 def _train(stage: Params, dataset: DataFrame, hidden: list[int], label: bool) -> TrainingResult:
@@ -549,7 +549,7 @@ def _classify(stack: dbn_model.DBNModel, prediction: str, probability: str, raw:
 
 def _save_stack(spark: SparkSession, stack: dbn_model.DBNModel, path: str) -> None:
     """`DBNModel.save` locally, then each file to `path` on the session's file system."""
-    fs = _filesystem(spark, path)
+    fs = filesystem(spark, path)
     with tempfile.TemporaryDirectory(prefix="sparkdbn-model-") as tmp:
         stack.save(tmp)
         for file in sorted(Path(tmp).iterdir()):
@@ -558,7 +558,7 @@ def _save_stack(spark: SparkSession, stack: dbn_model.DBNModel, path: str) -> No
 
 def _load_stack(spark: SparkSession, path: str) -> dbn_model.DBNModel:
     """The model files copied to a local directory and checked by `DBNModel.load`."""
-    fs = _filesystem(spark, path)
+    fs = filesystem(spark, path)
     names = [n for n in fs.list(path) if n.endswith((".npz", ".json"))]
     if dbn_model.MODEL_JSON not in names:
         raise InputError(f"{path!r} has no {dbn_model.MODEL_JSON}: not a saved sparkdbn model")

@@ -17,17 +17,14 @@ reused: a killed job's executors might still be writing into its directory.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
-import shutil
 import socket
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from urllib.parse import urlparse
 
 import numpy as np
 import pyarrow as pa
@@ -38,6 +35,7 @@ from pyspark.sql import types as T
 
 from sparkdbn.columns import unpack_rows
 from sparkdbn.data import PACKED_ID, PACKED_LABEL, PACKED_X, PackedData
+from sparkdbn.engine.filesystem import filesystem
 
 VERSIONS_DIR = "_versions"
 LEASES_DIR = "_leases"
@@ -69,118 +67,6 @@ class Version:
 
 class CorruptVersionError(OSError):
     """A version's Parquet data no longer matches its marker (row count or checksum)."""
-
-
-class _LocalFS:
-    """Plain-Python file system for local paths and file: URIs (works without a JVM)."""
-
-    @staticmethod
-    def _os(path: str) -> str:
-        return urlparse(path).path if path.startswith("file:") else path
-
-    def list(self, path: str) -> list[str]:
-        try:
-            return os.listdir(self._os(path))
-        except FileNotFoundError:
-            return []
-
-    def exists(self, path: str) -> bool:
-        return os.path.exists(self._os(path))
-
-    def write_bytes(self, path: str, data: bytes) -> None:
-        """Write a temporary sibling, then rename it over `path` (atomic on POSIX)."""
-        target = self._os(path)
-        parent, name = os.path.split(target)
-        os.makedirs(parent, exist_ok=True)
-        tmp = os.path.join(parent, f".{name}.tmp-{uuid.uuid4().hex[:8]}")
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
-
-    def read_bytes(self, path: str) -> bytes:
-        with open(self._os(path), "rb") as f:
-            return f.read()
-
-    def delete(self, path: str, recursive: bool = False) -> None:
-        target = self._os(path)
-        if recursive and os.path.isdir(target):
-            shutil.rmtree(target, ignore_errors=True)
-        else:
-            with contextlib.suppress(FileNotFoundError):
-                os.remove(target)
-
-
-class _HadoopFS:
-    """Hadoop FileSystem through py4j: HDFS, S3A, ABFS, DBFS… whatever the cluster can read."""
-
-    def __init__(self, spark: SparkSession, base: str) -> None:
-        self._jvm = spark._jvm
-        self._fs = self._path(base).getFileSystem(spark._jsc.hadoopConfiguration())
-
-    def _path(self, path: str):
-        return self._jvm.org.apache.hadoop.fs.Path(path)
-
-    def list(self, path: str) -> list[str]:
-        p = self._path(path)
-        if not self._fs.exists(p):
-            return []
-        return [status.getPath().getName() for status in self._fs.listStatus(p)]
-
-    def exists(self, path: str) -> bool:
-        return bool(self._fs.exists(self._path(path)))
-
-    def write_bytes(self, path: str, data: bytes) -> None:
-        """Write a temporary sibling, then rename it to `path` (replacing an existing file).
-
-        On object stores the rename is a copy of one small file, which is still all-or-nothing.
-        """
-        target = self._path(path)
-        name = f".{target.getName()}.tmp-{uuid.uuid4().hex[:8]}"
-        tmp = self._path(f"{target.getParent().toString()}/{name}")
-        out = self._fs.create(tmp, False)
-        try:
-            out.write(bytearray(data))
-        finally:
-            out.close()
-        if not self._fs.rename(tmp, target):
-            self._fs.delete(target, False)
-            if not self._fs.rename(tmp, target):
-                self._fs.delete(tmp, False)
-                raise OSError(f"cannot rename {tmp.toString()} to {path}")
-
-    def read_bytes(self, path: str) -> bytes:
-        from py4j.protocol import Py4JJavaError
-
-        try:
-            stream = self._fs.open(self._path(path))
-        except Py4JJavaError as err:
-            missing = self._jvm.java.lang.Class.forName("java.io.FileNotFoundException")
-            if missing.isInstance(err.java_exception):
-                raise FileNotFoundError(path) from None
-            raise
-        try:
-            return bytes(stream.readAllBytes())
-        finally:
-            stream.close()
-
-    def delete(self, path: str, recursive: bool = False) -> None:
-        self._fs.delete(self._path(path), recursive)
-
-
-def _filesystem(spark: SparkSession, base: str) -> _LocalFS | _HadoopFS:
-    """Hadoop where a JVM is at hand (it also resolves scheme-less paths against fs.defaultFS);
-    plain Python for local paths under Spark Connect, which has no JVM on the client."""
-    if getattr(spark, "_jsc", None) is not None:
-        return _HadoopFS(spark, base)
-    if urlparse(base).scheme in ("", "file"):
-        return _LocalFS()
-    raise ValueError(
-        f"representation store {base!r}: without a SparkContext (Spark Connect) only local "
-        "paths and file: URIs are supported; use a path the client and the cluster share, "
-        "such as /Volumes/… on Databricks"
-    )
 
 
 def _checksum_terms(X: np.ndarray) -> int:
@@ -250,7 +136,7 @@ class RepresentationStore:
         self.base = str(base).rstrip("/")
         self.keep = keep
         self.writer = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-        self._fs = _filesystem(spark, self.base)
+        self._fs = filesystem(spark, self.base)
 
     def __repr__(self) -> str:
         return f"RepresentationStore({self.base!r}, keep={self.keep})"

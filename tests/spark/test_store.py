@@ -18,13 +18,8 @@ import pyarrow.parquet as pq
 import pytest
 from chispa import assert_df_equality
 
-from sparkdbn.engine.store import (
-    CorruptVersionError,
-    RepresentationStore,
-    _filesystem,
-    _HadoopFS,
-    _LocalFS,
-)
+from sparkdbn.engine.filesystem import HadoopFS, LocalFS, filesystem
+from sparkdbn.engine.store import CorruptVersionError, RepresentationStore
 
 REPO = Path(__file__).resolve().parents[2]
 N, W = 40, 6
@@ -196,7 +191,7 @@ def test_retried_tasks_are_tallied_once(tmp_path):
 def test_local_file_system_without_jvm_helpers(spark, tmp_path):
     """The pure-Python file system (used under Spark Connect) runs the same protocol."""
     store = RepresentationStore(spark, (tmp_path / "store").as_uri())
-    store._fs = _LocalFS()
+    store._fs = LocalFS()
     v1 = store.publish(frame(spark, 1, label=False), W)
     assert store.latest() == v1 and v1.path.startswith("file:")
     assert store.verify(v1)
@@ -212,7 +207,7 @@ def test_local_file_system_without_jvm_helpers(spark, tmp_path):
 
 @pytest.mark.parametrize("kind", ["local", "hadoop"])
 def test_file_system_operations(spark, tmp_path, kind):
-    fs = _LocalFS() if kind == "local" else _HadoopFS(spark, str(tmp_path))
+    fs = LocalFS() if kind == "local" else HadoopFS(spark, str(tmp_path))
     d = f"{tmp_path}/a"
     assert fs.list(d) == [] and not fs.exists(d)
     fs.write_bytes(f"{d}/b/c", b"")  # creates parents
@@ -229,12 +224,12 @@ def test_file_system_operations(spark, tmp_path, kind):
 
 
 def test_filesystem_choice(spark, tmp_path):
-    assert isinstance(_filesystem(spark, str(tmp_path)), _HadoopFS)
+    assert isinstance(filesystem(spark, str(tmp_path)), HadoopFS)
     connect_like = object()  # no _jsc, like a Spark Connect session
-    assert isinstance(_filesystem(connect_like, str(tmp_path)), _LocalFS)
-    assert isinstance(_filesystem(connect_like, tmp_path.as_uri()), _LocalFS)
+    assert isinstance(filesystem(connect_like, str(tmp_path)), LocalFS)
+    assert isinstance(filesystem(connect_like, tmp_path.as_uri()), LocalFS)
     with pytest.raises(ValueError, match="s3a://bucket/x"):
-        _filesystem(connect_like, "s3a://bucket/x")
+        filesystem(connect_like, "s3a://bucket/x")
 
 
 def test_failed_publish_commits_nothing(spark, base):

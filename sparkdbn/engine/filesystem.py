@@ -1,0 +1,129 @@
+"""Small file operations (list, atomic write, read, delete) on any path Spark can use.
+
+The representation store and the saved ml models need a few files beside what Spark writes:
+markers, leases, JSON and npz. Hadoop's FileSystem serves them wherever the cluster reads and
+writes (HDFS, S3A, ABFS, DBFS…); under Spark Connect there is no JVM on the client, so local
+paths are served by plain Python instead.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import uuid
+from urllib.parse import urlparse
+
+from pyspark.sql import SparkSession
+
+
+class LocalFS:
+    """Plain-Python file system for local paths and file: URIs (works without a JVM)."""
+
+    @staticmethod
+    def _os(path: str) -> str:
+        return urlparse(path).path if path.startswith("file:") else path
+
+    def list(self, path: str) -> list[str]:
+        try:
+            return os.listdir(self._os(path))
+        except FileNotFoundError:
+            return []
+
+    def exists(self, path: str) -> bool:
+        return os.path.exists(self._os(path))
+
+    def write_bytes(self, path: str, data: bytes) -> None:
+        """Write a temporary sibling, then rename it over `path` (atomic on POSIX)."""
+        target = self._os(path)
+        parent, name = os.path.split(target)
+        os.makedirs(parent, exist_ok=True)
+        tmp = os.path.join(parent, f".{name}.tmp-{uuid.uuid4().hex[:8]}")
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+
+    def read_bytes(self, path: str) -> bytes:
+        with open(self._os(path), "rb") as f:
+            return f.read()
+
+    def delete(self, path: str, recursive: bool = False) -> None:
+        target = self._os(path)
+        if recursive and os.path.isdir(target):
+            shutil.rmtree(target, ignore_errors=True)
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(target)
+
+
+class HadoopFS:
+    """Hadoop FileSystem through py4j: HDFS, S3A, ABFS, DBFS… whatever the cluster can read."""
+
+    def __init__(self, spark: SparkSession, base: str) -> None:
+        self._jvm = spark._jvm
+        self._fs = self._path(base).getFileSystem(spark._jsc.hadoopConfiguration())
+
+    def _path(self, path: str):
+        return self._jvm.org.apache.hadoop.fs.Path(path)
+
+    def list(self, path: str) -> list[str]:
+        p = self._path(path)
+        if not self._fs.exists(p):
+            return []
+        return [status.getPath().getName() for status in self._fs.listStatus(p)]
+
+    def exists(self, path: str) -> bool:
+        return bool(self._fs.exists(self._path(path)))
+
+    def write_bytes(self, path: str, data: bytes) -> None:
+        """Write a temporary sibling, then rename it to `path` (replacing an existing file).
+
+        On object stores the rename is a copy of one small file, which is still all-or-nothing.
+        """
+        target = self._path(path)
+        name = f".{target.getName()}.tmp-{uuid.uuid4().hex[:8]}"
+        tmp = self._path(f"{target.getParent().toString()}/{name}")
+        out = self._fs.create(tmp, False)
+        try:
+            out.write(bytearray(data))
+        finally:
+            out.close()
+        if not self._fs.rename(tmp, target):
+            self._fs.delete(target, False)
+            if not self._fs.rename(tmp, target):
+                self._fs.delete(tmp, False)
+                raise OSError(f"cannot rename {tmp.toString()} to {path}")
+
+    def read_bytes(self, path: str) -> bytes:
+        from py4j.protocol import Py4JJavaError
+
+        try:
+            stream = self._fs.open(self._path(path))
+        except Py4JJavaError as err:
+            missing = self._jvm.java.lang.Class.forName("java.io.FileNotFoundException")
+            if missing.isInstance(err.java_exception):
+                raise FileNotFoundError(path) from None
+            raise
+        try:
+            return bytes(stream.readAllBytes())
+        finally:
+            stream.close()
+
+    def delete(self, path: str, recursive: bool = False) -> None:
+        self._fs.delete(self._path(path), recursive)
+
+
+def filesystem(spark: SparkSession, base: str) -> LocalFS | HadoopFS:
+    """Hadoop where a JVM is at hand (it also resolves scheme-less paths against fs.defaultFS);
+    plain Python for local paths under Spark Connect, which has no JVM on the client."""
+    if getattr(spark, "_jsc", None) is not None:
+        return HadoopFS(spark, base)
+    if urlparse(base).scheme in ("", "file"):
+        return LocalFS()
+    raise ValueError(
+        f"{base!r}: without a SparkContext (Spark Connect) only local "
+        "paths and file: URIs are supported; use a path the client and the cluster share, "
+        "such as /Volumes/… on Databricks"
+    )
