@@ -3,6 +3,8 @@
 Layer 0 trains on --train; layer L > 0 trains on the representations that layer L-1's
 application publishes into --store, switching to the newest version at each epoch boundary.
 Every layer but the top one publishes its own versions into the store for the layer above.
+An upper layer that starts before its first input version warms its application up meanwhile
+(a store write, a load and a CD round on random rows; see `sparkdbn.engine.warmup`).
 
     python jobs/pretrain_layer.py --layer 0 --train data/train --store /shared/st --output l0 ...
     python jobs/pretrain_layer.py --layer 1 --store /shared/st --output l1 ...  # meanwhile
@@ -86,6 +88,17 @@ def main(argv: list[str] | None = None) -> None:
     shared.wait_timeout = args.wait_timeout
     log = RunLog(cfg.schedule, reporter=reporter)
     reporter.event("ready", layer=args.layer)  # orchestrators may start the layer below now
+    below = shared.stores[args.layer - 1] if args.layer > 0 else None
+    if below is not None and below.latest() is None:
+        from sparkdbn.engine.pretrain import cd_config
+        from sparkdbn.engine.warmup import warm_up
+
+        seconds = warm_up(
+            spark, below, f"layer{args.layer}", cfg.layers[args.layer],
+            cfg.layers[args.layer + 1], cd_config(cfg, args.layer), cfg.partitions,
+        )
+        reporter.event("warmed_up", layer=args.layer, seconds=round(seconds, 2),
+                       text=f"layer {args.layer} warmed up in {seconds:.1f} s, waiting for input")
     params = run_layer(spark, args.layer, data, cfg, log, shared)
     with atomic_directory(cfg.output) as tmp:
         np.savez(tmp / "layer.npz", W=params.W, vbias=params.vbias, hbias=params.hbias)

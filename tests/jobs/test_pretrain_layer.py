@@ -29,9 +29,16 @@ def test_two_applications_share_a_store(fashion_parquet: Path, tmp_path: Path) -
         "pretrain_layer", "--layer", "0", "--train", str(fashion_parquet / "train"), "--store",
         str(store), "--output", str(tmp_path / "layer0"), "--epochs", "12", *COMMON,
     )
-    for proc in (lower, upper):
-        _, err = proc.communicate(timeout=600)
+    outputs = {}
+    for name, proc in (("lower", lower), ("upper", upper)):
+        outputs[name], err = proc.communicate(timeout=600)
         assert proc.returncode == 0, err[-2000:]
+    # Layer 1 had no version yet: it warmed up in a scratch store and removed it again.
+    assert "layer 1 warmed up in" in outputs["upper"]
+    assert "warmed up" not in outputs["lower"]
+    assert sorted(p.name for p in (store / "layer_0").iterdir()) == sorted(
+        ["_versions", "_leases", *(p.name for p in (store / "layer_0").glob("v-*"))]
+    )
 
     with np.load(tmp_path / "layer0" / "layer.npz", allow_pickle=False) as npz:
         assert npz["W"].shape == (784, 32)
