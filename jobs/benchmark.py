@@ -159,9 +159,10 @@ class References:
     """The in-process references the Spark epoch is compared with: our numpy epoch and
     scikit-learn's, on float32 (like for like) and on float64 (its default for numpy data).
 
-    They are timed in two windows, before and after the Spark epoch runs, and each figure is
-    the median of both windows' runs (all kept in `reference_runs`), so a passing burst of
-    load on the machine skews a ratio less.
+    They are timed in three windows, around and between the Spark epoch runs, and each figure
+    is the median of all windows' runs (every run is kept in `reference_runs`). Two BLAS
+    threads on 100-row products are fragile on a shared VM: whole windows ran at 3.4 s instead
+    of 1.9 s here, so one window alone can halve or double a ratio.
     """
 
     def __init__(self, X: np.ndarray, hidden: int, cfg: CDConfig, repeats: int) -> None:
@@ -231,6 +232,7 @@ def main(argv: list[str] | None = None) -> None:
     references = References(X, args.hidden, cfg, args.repeats)
     references.measure()
     one = _epoch_subprocess(args, data, 1)
+    references.measure()
     four = _epoch_subprocess(args, data, 4)
     references.measure()
     out.update(references.figures())
