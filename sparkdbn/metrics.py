@@ -122,12 +122,14 @@ def eta_seconds(record: EpochRecord, total_epochs: int) -> float:
 
 def gantt(run: RunLog, width: int = 50) -> str:
     """A text Gantt chart of the layers' training spans, for the end-of-run summary."""
-    spans = sorted((lg.layer, lg.started_at, lg.finished_at) for lg in run.layers)
-    end = max((f for _, _, f in spans if f is not None), default=0.0) or 1.0
+    spans = sorted((lg.layer, lg.started_at, lg.finished_at, bool(lg.epochs)) for lg in run.layers)
+    end = max((f for _, _, f, _ in spans if f is not None), default=0.0) or 1.0
     lines = [f"schedule {run.schedule}, makespan {end:.1f} s"]
-    for layer, start, finish in spans:
+    for layer, start, finish, trained in spans:
         if start is None or finish is None:
-            lines.append(f"layer {layer} | (did not run)")
+            # A resumed run restores finished layers from the checkpoint without training them.
+            why = "restored from the checkpoint" if trained and start is None else "did not run"
+            lines.append(f"layer {layer} | ({why})")
             continue
         a = int(round(start / end * width))
         b = max(int(round(finish / end * width)), a + 1)
