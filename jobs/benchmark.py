@@ -167,6 +167,7 @@ class References:
 
     def __init__(self, X: np.ndarray, hidden: int, cfg: CDConfig, repeats: int) -> None:
         self.X, self.hidden, self.cfg, self.repeats = X, hidden, cfg, repeats
+        self.X64 = X.astype(np.float64)
         self.runs: dict[str, list[float]] = {}
 
     def measure(self) -> None:
@@ -176,7 +177,7 @@ class References:
                 self.X, self.hidden, self.cfg.batch_size, self.repeats
             ),
             "sklearn_float64_epoch_seconds": bm.sklearn_epoch_runs(
-                self.X.astype(np.float64), self.hidden, self.cfg.batch_size, self.repeats
+                self.X64, self.hidden, self.cfg.batch_size, self.repeats
             ),
         }
         for key, runs in measured.items():

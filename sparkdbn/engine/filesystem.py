@@ -16,6 +16,8 @@ from urllib.parse import urlparse
 
 from pyspark.sql import SparkSession
 
+from sparkdbn.session import spark_context
+
 
 class LocalFS:
     """Plain-Python file system for local paths and file: URIs (works without a JVM)."""
@@ -118,7 +120,7 @@ class HadoopFS:
 def filesystem(spark: SparkSession, base: str) -> LocalFS | HadoopFS:
     """Hadoop where a JVM is at hand (it also resolves scheme-less paths against fs.defaultFS);
     plain Python for local paths under Spark Connect, which has no JVM on the client."""
-    if getattr(spark, "_jsc", None) is not None:
+    if spark_context(spark) is not None:
         return HadoopFS(spark, base)
     if urlparse(base).scheme in ("", "file"):
         return LocalFS()

@@ -11,18 +11,13 @@ from contextlib import contextmanager
 
 from pyspark.sql import SparkSession
 
-
-def _context(spark: SparkSession):
-    try:
-        return spark.sparkContext
-    except Exception:  # Spark Connect sessions have no SparkContext
-        return None
+from sparkdbn.session import spark_context
 
 
 @contextmanager
 def described(spark: SparkSession, text: str, pool: str | None = None) -> Iterator[None]:
     """Run the block's Spark jobs under a description (and FAIR pool) for this thread."""
-    sc = _context(spark)
+    sc = spark_context(spark)
     if sc is None:
         yield
         return

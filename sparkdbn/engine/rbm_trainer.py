@@ -40,6 +40,11 @@ def rbm_step(n_visible: int, n_hidden: int, cfg: CDConfig) -> PartitionStep:
     return step
 
 
+def initial_state(params: RBMParams) -> np.ndarray:
+    """A layer's training state: its parameters, then zero momentum buffers of the same shape."""
+    return np.concatenate([params.to_flat(), params.zeros_like().to_flat()])
+
+
 class LayerTrainer:
     """State and epoch loop of one layer; the schedule decides which data each epoch sees.
 
@@ -70,7 +75,7 @@ class LayerTrainer:
         self.run = run
         self.pool = pool
         self.n_visible, self.n_hidden = params.n_visible, params.n_hidden
-        self.state = np.concatenate([params.to_flat(), params.zeros_like().to_flat()])
+        self.state = initial_state(params)
         self.epoch = 0
         self.log: LayerLog = run.layer(layer, self.n_visible, self.n_hidden)
         self.final_momentum = final_momentum

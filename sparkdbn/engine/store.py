@@ -36,6 +36,7 @@ from pyspark.sql import types as T
 from sparkdbn.columns import unpack_rows
 from sparkdbn.data import PACKED_ID, PACKED_LABEL, PACKED_X, PackedData
 from sparkdbn.engine.filesystem import filesystem
+from sparkdbn.session import spark_context
 
 VERSIONS_DIR = "_versions"
 LEASES_DIR = "_leases"
@@ -109,14 +110,13 @@ class _PairSum(AccumulatorParam):
         return (a[0] + b[0], a[1] + b[1])
 
 
-def _tallied(batches: Batches, width: int, tally: Accumulator | None) -> Batches:
+def _tallied(batches: Batches, width: int, tally: Accumulator) -> Batches:
     """`batches`, also adding the rows and checksum terms of what it emits to `tally`."""
 
     def run(source: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         for batch in batches(source):
             X = unpack_rows(batch.column(PACKED_X), width)
-            if tally is not None:
-                tally.add((X.shape[0], _checksum_terms(X)))
+            tally.add((X.shape[0], _checksum_terms(X)))
             yield batch
 
     return run
@@ -210,10 +210,12 @@ class RepresentationStore:
         path = self._data_path(number)
         columns = [c for c in (PACKED_ID, PACKED_X, PACKED_LABEL) if c in fields]
         df = df.select(*columns)
-        sc = getattr(self.spark, "_sc", None)
+        sc = spark_context(self.spark)
         tally = None if batches is None or sc is None else sc.accumulator((0, 0), _PairSum())
+        if tally is not None:
+            batches = _tallied(batches, width, tally)
         if batches is not None:
-            df = df.mapInArrow(_tallied(batches, width, tally), df.schema)
+            df = df.mapInArrow(batches, df.schema)
         # "error", not its alias "errorifexists", which the Spark Connect client rejects
         df.write.mode("error").option("compression", compression).parquet(path)
         if tally is None:

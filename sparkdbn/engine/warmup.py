@@ -21,7 +21,7 @@ from sparkdbn.columns import pack_rows
 from sparkdbn.data import PACKED_ID, PACKED_X
 from sparkdbn.engine.averaging import average_round
 from sparkdbn.engine.filesystem import filesystem
-from sparkdbn.engine.rbm_trainer import rbm_step
+from sparkdbn.engine.rbm_trainer import initial_state, rbm_step
 from sparkdbn.engine.store import RepresentationStore
 from sparkdbn.kernels.rbm import CDConfig, RBMParams
 
@@ -54,10 +54,9 @@ def warm_up(
         data = scratch.load(version)
         try:
             params = RBMParams.init(n_visible, n_hidden, rng)
-            state = np.concatenate([params.to_flat(), params.zeros_like().to_flat()])
             average_round(
-                data.df.select(PACKED_X), state, rbm_step(n_visible, n_hidden, cfg), (0,),
-                data.partitions,
+                data.df.select(PACKED_X), initial_state(params), rbm_step(n_visible, n_hidden, cfg),
+                (0,), data.partitions,
             )
         finally:
             data.unpersist()

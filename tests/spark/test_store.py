@@ -225,7 +225,7 @@ def test_file_system_operations(spark, tmp_path, kind):
 
 def test_filesystem_choice(spark, tmp_path):
     assert isinstance(filesystem(spark, str(tmp_path)), HadoopFS)
-    connect_like = object()  # no _jsc, like a Spark Connect session
+    connect_like = object()  # no SparkContext, like a Spark Connect session
     assert isinstance(filesystem(connect_like, str(tmp_path)), LocalFS)
     assert isinstance(filesystem(connect_like, tmp_path.as_uri()), LocalFS)
     with pytest.raises(ValueError, match="s3a://bucket/x"):
