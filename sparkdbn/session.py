@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from pyspark import SparkContext
 from pyspark.sql import SparkSession
 
 LOG4J = Path(__file__).with_name("resources") / "log4j2.properties"
@@ -19,15 +18,6 @@ LOCAL_DEFAULTS = {
     # Spark's 1g default runs out with a 60,000 × 784 set plus a layer's version in flight.
     "spark.driver.memory": os.environ.get("SPARKDBN_DRIVER_MEMORY", "6g"),
 }
-
-
-def spark_context(spark: SparkSession) -> SparkContext | None:
-    """The session's SparkContext, or None under Spark Connect, which has none: callers fall
-    back to DataFrame-only ways (no accumulators, job descriptions or JVM file system)."""
-    try:
-        return spark.sparkContext
-    except Exception:  # Connect raises a not-implemented error here
-        return None
 
 
 def get_session(app_name: str, master: str | None = None) -> SparkSession:

@@ -16,7 +16,7 @@ from urllib.parse import urlparse
 
 from pyspark.sql import SparkSession
 
-from sparkdbn.session import spark_context
+from sparkdbn.engine.jobinfo import spark_context
 
 
 class LocalFS:

@@ -1,7 +1,8 @@
 """Name Spark jobs so the UI reads "layer 0 · epoch 3", where the session allows it.
 
 Job descriptions and scheduler pools are SparkContext features; under Spark Connect there is
-no SparkContext, so these helpers do nothing there.
+no SparkContext, so these helpers do nothing there. `spark_context` is the one test for that,
+for the rest of the engine too. Executors import this module: it must do nothing at import.
 """
 
 from __future__ import annotations
@@ -9,9 +10,17 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from pyspark import SparkContext
 from pyspark.sql import SparkSession
 
-from sparkdbn.session import spark_context
+
+def spark_context(spark: SparkSession) -> SparkContext | None:
+    """The session's SparkContext, or None under Spark Connect, which has none: callers fall
+    back to DataFrame-only ways (no accumulators, job descriptions or JVM file system)."""
+    try:
+        return spark.sparkContext
+    except Exception:  # Connect raises a not-implemented error here
+        return None
 
 
 @contextmanager

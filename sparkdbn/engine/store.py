@@ -36,7 +36,7 @@ from pyspark.sql import types as T
 from sparkdbn.columns import unpack_rows
 from sparkdbn.data import PACKED_ID, PACKED_LABEL, PACKED_X, PackedData
 from sparkdbn.engine.filesystem import filesystem
-from sparkdbn.session import spark_context
+from sparkdbn.engine.jobinfo import spark_context
 
 VERSIONS_DIR = "_versions"
 LEASES_DIR = "_leases"
