@@ -9,6 +9,7 @@ numpy Generator, which keeps Spark retries and resumed runs bit-identical.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -226,16 +227,20 @@ def _cd_batch(
     cfg: CDConfig,
     rng: np.random.Generator,
     buf: _Buffers,
+    positive: Callable[[np.ndarray, np.ndarray], None] | None = None,
 ) -> float:
     """One CD-k update on a mini-batch; returns its squared reconstruction error sum.
 
     The chain is v0 → h0 ~ P(h|v0) → v1 → … → vk, with hidden states sampled and visible
     states either sampled (`sample_visible`) or mean-field (Hinton's rbm.m). Statistics use
-    hidden probabilities, which lowers variance without biasing the CD estimate.
+    hidden probabilities, which lowers variance without biasing the CD estimate. `positive`,
+    if given, sees the positive phase (probabilities h0 and the sampled states) before the update.
     """
     n = v0.shape[0]
     h0 = hidden_probs(params, v0, out=buf.h_prob)
     h_state = sample_bernoulli(h0, rng, out=buf.h_sample)
+    if positive is not None:
+        positive(h0, h_state)
     recon_err = 0.0
     for step in range(cfg.k):
         vk = visible_mean(params, h_state, cfg.visible, out=buf.v_neg)
@@ -277,17 +282,26 @@ def cd_epoch(
     cfg: CDConfig,
     rng: np.random.Generator,
     shuffle: bool = True,
+    hidden_out: np.ndarray | None = None,
+    hidden_sample: bool = False,
 ) -> EpochStats:
     """One pass of CD-k mini-batch updates over the rows of X, updating params in place.
 
     Rows are visited in an order drawn from `rng` (when `shuffle`), so the same generator seed
     and the same rows give bit-identical parameters. The returned reconstruction error is
     measured on each mini-batch before its update, at no extra matrix product.
+
+    With `hidden_out` (rows × n_hidden), each row's positive phase lands in its row: P(h | v)
+    under the weights its mini-batch met, or the sampled states with `hidden_sample`. That is
+    ParDBN's rough representation, made with the unfinished weights at no extra product.
     """
     X = np.ascontiguousarray(X, dtype=DTYPE)
     if X.ndim != 2 or X.shape[1] != params.n_visible:
         raise ValueError(f"X has shape {X.shape}, expected (rows, {params.n_visible})")
     n_rows = X.shape[0]
+    expected = (n_rows, params.n_hidden)
+    if hidden_out is not None and hidden_out.shape != expected:
+        raise ValueError(f"hidden_out has shape {hidden_out.shape}, expected {expected}")
     stats = EpochStats(n_rows=n_rows)
     if n_rows == 0:
         return stats
@@ -297,9 +311,21 @@ def cd_epoch(
     v0 = np.empty((batch, params.n_visible), DTYPE)
     for start in range(0, n_rows, batch):
         stop = min(start + batch, n_rows)
-        if order is None:
-            vb = X[start:stop]
-        else:
-            vb = np.take(X, order[start:stop], axis=0, out=v0[: stop - start])
-        stats.recon_sq_error += _cd_batch(params, velocity, vb, cfg, rng, buf.view(stop - start))
+        rows = slice(start, stop) if order is None else order[start:stop]
+        vb = X[rows] if order is None else np.take(X, rows, axis=0, out=v0[: stop - start])
+        positive = None if hidden_out is None else _row_writer(hidden_out, rows, hidden_sample)
+        stats.recon_sq_error += _cd_batch(
+            params, velocity, vb, cfg, rng, buf.view(stop - start), positive
+        )
     return stats
+
+
+def _row_writer(
+    out: np.ndarray, rows: slice | np.ndarray, sample: bool
+) -> Callable[[np.ndarray, np.ndarray], None]:
+    """Copies a mini-batch's positive phase (probabilities, or states) into its rows of `out`."""
+
+    def write(probs: np.ndarray, states: np.ndarray) -> None:
+        out[rows] = states if sample else probs
+
+    return write

@@ -424,3 +424,67 @@ def test_velocity_recursion_with_momentum_and_weight_decay(visible: str, sampled
     assert stats.recon_sq_error == pytest.approx(recon_sq_error, rel=1e-5)
     for got, want in zip((trained.W, trained.vbias, trained.hbias), theta, strict=True):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+# --- 8. the positive phase as a rough representation ---------------------------------------------
+
+
+@pytest.mark.parametrize("visible", ["bernoulli", "gaussian"])
+def test_hidden_out_is_each_rows_exact_posterior_under_the_weights_its_batch_met(
+    visible: str,
+) -> None:
+    """With hidden_out, row i holds P(h = 1 | v_i), enumerated exactly, under the parameters
+    in force when its mini-batch came up (in the epoch's shuffled order), and the training
+    itself is bit-identical to an epoch without hidden_out."""
+    r = np.random.default_rng(14)
+    X = (r.random((23, 6)) < 0.5 if visible == "bernoulli" else r.standard_normal((23, 6)))
+    X = X.astype(DTYPE)
+    cfg = CDConfig(learning_rate=0.5, momentum=0.5, batch_size=5, visible=visible)
+    start = _random_params(6, 4, 0.5, seed=15)
+    params, velocity = start.copy(), start.zeros_like()
+    H = np.full((23, 4), np.nan, DTYPE)
+    cd_epoch(params, velocity, X, cfg, np.random.default_rng(16), hidden_out=H)
+
+    # The same epoch one mini-batch at a time: the order is the generator's first draw, and an
+    # unshuffled epoch over one batch draws exactly what the shuffled epoch draws for it.
+    rng = np.random.default_rng(16)
+    order = rng.permutation(23)
+    ref, ref_velocity = start.copy(), start.zeros_like()
+    changed = 0
+    for s in range(0, 23, 5):
+        rows = order[s : s + 5]
+        expected = ex.hidden_posterior(ref, X[rows], visible) @ ex.binary_states(4)
+        np.testing.assert_allclose(H[rows], expected, rtol=1e-5, atol=1e-6)
+        before = ex.hidden_posterior(start, X[rows], visible) @ ex.binary_states(4)
+        changed += s > 0 and not np.allclose(H[rows], before, atol=1e-4)
+        cd_epoch(ref, ref_velocity, X[rows], cfg, rng, shuffle=False)
+    assert changed >= 3  # later batches saw updated weights, not the epoch's first ones
+    assert np.array_equal(params.to_flat(), ref.to_flat())
+    assert np.array_equal(velocity.to_flat(), ref_velocity.to_flat())
+    plain, plain_velocity = start.copy(), start.zeros_like()
+    cd_epoch(plain, plain_velocity, X, cfg, np.random.default_rng(16))
+    assert np.array_equal(params.to_flat(), plain.to_flat())
+
+
+def test_hidden_out_samples_are_binary_draws_of_the_posterior() -> None:
+    """With hidden_sample, rows hold 0/1 states whose means over many copies of one vector
+    match its exact posterior within 5 standard errors (learning rate ~0: fixed weights)."""
+    params = _random_params(6, 4, 1.0, seed=17)
+    v = np.array([[1, 0, 1, 1, 0, 0]], DTYPE)
+    n = 40_000
+    X = np.repeat(v, n, axis=0)
+    cfg = CDConfig(learning_rate=1e-12, momentum=0.0, weight_decay=0.0, batch_size=500)
+    H = np.empty((n, 4), DTYPE)
+    cd_epoch(params, params.zeros_like(), X, cfg, np.random.default_rng(18),
+             hidden_out=H, hidden_sample=True)
+    assert set(np.unique(H)) == {0.0, 1.0}
+    p = (ex.hidden_posterior(params, v, "bernoulli") @ ex.binary_states(4))[0]
+    assert np.all(np.abs(H.mean(axis=0) - p) <= 5 * np.sqrt(p * (1 - p) / n))
+
+
+def test_hidden_out_of_the_wrong_shape_is_refused() -> None:
+    params = _random_params(6, 4, 0.1, seed=19)
+    X = np.zeros((10, 6), DTYPE)
+    with pytest.raises(ValueError, match=r"hidden_out has shape \(10, 3\), expected \(10, 4\)"):
+        cd_epoch(params, params.zeros_like(), X, CDConfig(), np.random.default_rng(0),
+                 hidden_out=np.empty((10, 3), DTYPE))
