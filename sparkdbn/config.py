@@ -21,6 +21,7 @@ from sparkdbn.kernels.mlp import LR_SCHEDULES
 
 SCHEDULES = ("sequential", "pipelined", "tied")
 REPRESENTATIONS = ("probabilities", "sample")
+ROUGH_VERSIONS = ("in_epoch", "after_epoch")
 VISIBLE = ("bernoulli", "gaussian")
 
 
@@ -66,6 +67,11 @@ class TrainConfig:
     )
     final_epochs: int = field(
         default=2, metadata={"help": "epochs an upper layer trains on the final input (at least)"}
+    )
+    rough_versions: str = field(
+        default="in_epoch",
+        metadata={"help": "how rough versions are made: in_epoch (the epoch's own positive "
+                  "phase, no extra pass) | after_epoch (a pass with the averaged weights)"},
     )
     store: str | None = field(
         default=None,
@@ -164,6 +170,7 @@ class TrainConfig:
             ("visible", VISIBLE),
             ("representation", REPRESENTATIONS),
             ("schedule", SCHEDULES),
+            ("rough_versions", ROUGH_VERSIONS),
             ("finetune_lr_schedule", LR_SCHEDULES),
             ("if_exists", RESUMABLE_IF_EXISTS),
         )

@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 import pyarrow as pa
@@ -39,11 +40,19 @@ _CHECK_SCHEMA = (
 )
 
 
+class FirstPassCheck(Protocol):
+    """What the first pass over not yet verified data must confirm (see `PackedData.check`)."""
+
+    def verify(self, n_rows: int, checksum: float) -> None: ...
+
+
 @dataclass
 class PackedData:
     """A cached, validated training set: `id`, `label` (if any), packed `x` and its width `w`.
 
-    `partitions` counts the non-empty partitions, which bounds the averaging's reduce groups.
+    `partitions` is at least the number of non-empty partitions, which bounds the averaging's
+    reduce groups. `check`, when set, is still owed: the first pass over the rows must count
+    them and checksum them (`store.checksum_terms`), call `check.verify` and then clear it.
     """
 
     df: DataFrame
@@ -52,6 +61,7 @@ class PackedData:
     partitions: int
     has_label: bool
     max_label: int | None = None
+    check: FirstPassCheck | None = None
 
     def unpersist(self) -> None:
         self.df.unpersist()

@@ -23,6 +23,21 @@ class EpochRecord:
 
 
 @dataclass
+class SpanRecord:
+    """A hand-off step of the layer-parallel schedules: publishing or loading one version.
+
+    A version published `in_epoch` was written by that epoch's own stage, so its span is the
+    epoch's too; a load is only the lazy set-up, the rows are read by the next epoch.
+    """
+
+    version: int
+    started_at: float
+    seconds: float
+    after_epoch: int | None = None
+    in_epoch: bool = False
+
+
+@dataclass
 class LayerLog:
     """One layer's timeline; times are seconds since the run started (for Gantt charts)."""
 
@@ -32,6 +47,8 @@ class LayerLog:
     started_at: float | None = None
     finished_at: float | None = None
     epochs: list[EpochRecord] = field(default_factory=list)
+    publishes: list[SpanRecord] = field(default_factory=list)
+    loads: list[SpanRecord] = field(default_factory=list)
 
 
 class RunLog:

@@ -12,6 +12,11 @@ itself with the same function instead, which saves the shuffle stage.
 Only DataFrame APIs are used, so the same code runs over Spark Connect. Determinism: each
 partition's generator is seeded by (seed key, partition id), and the average adds the
 partitions in partition order, so task retries and re-runs give bit-identical results.
+
+An `EmittingRound` is the same round for a step that also emits rows (a layer's rough
+representation, made during its epoch): the rows are the stage's output, which the caller
+writes, and the states come back through an accumulator, which Spark merges exactly once per
+partition of a result stage. It needs a SparkContext and all states within GROUP_BYTES.
 """
 
 from __future__ import annotations
@@ -21,6 +26,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
+from pyspark import SparkContext
+from pyspark.accumulators import AccumulatorParam
 from pyspark.sql import DataFrame
 
 from sparkdbn.engine.threads import task_blas_threads
@@ -35,6 +42,13 @@ MAX_CHUNK = 1 << 20
 # seeded generator; it returns the new state, its row count and sums of per-row metrics.
 StepResult = tuple[np.ndarray, int, np.ndarray]
 PartitionStep = Callable[[pa.Table, np.ndarray, np.random.Generator], StepResult]
+# An emitting step also returns the rows its partition emits.
+EmittingStep = Callable[
+    [pa.Table, np.ndarray, np.random.Generator], tuple[StepResult, Iterator[pa.RecordBatch]]
+]
+# Sums travel as float64; an exact integer is carried as two float64 limbs of 32 bits each,
+# whose partition sums stay exact for up to 2**21 partitions.
+_LIMB = 1 << 32
 
 
 @dataclass
@@ -44,10 +58,38 @@ class RoundResult:
     sums: np.ndarray
 
 
+def exact_limbs(value: int) -> list[float]:
+    """An integer as [high, low] float64 limbs, for a step's sums: their sums stay exact."""
+    high = value // _LIMB
+    return [float(high), float(value - high * _LIMB)]
+
+
+def from_limbs(limbs: np.ndarray) -> int:
+    """The exact integer behind summed `exact_limbs`."""
+    return int(limbs[0]) * _LIMB + int(limbs[1])
+
+
 def chunk_length(state_size: int, partitions: int) -> int:
     """Floats per chunk: as large as possible while a group stays within GROUP_BYTES."""
     bound = max(1024, GROUP_BYTES // (4 * max(partitions, 1)))
     return max(1, min(state_size, MAX_CHUNK, bound))
+
+
+def _state_batch(part: int, result: StepResult, chunk: int) -> pa.RecordBatch:
+    """One partition's new state as STATE_SCHEMA rows, one per chunk."""
+    new_state, n, sums = result
+    starts = range(0, new_state.size, chunk)
+    return pa.RecordBatch.from_pydict(
+        {
+            "part": pa.array([part] * len(starts), pa.int32()),
+            "chunk": pa.array(range(len(starts)), pa.int32()),
+            "n": pa.array([n] * len(starts), pa.int64()),
+            "sums": pa.array([np.asarray(sums, np.float64).tobytes()] * len(starts)),
+            "data": pa.array(
+                [new_state[s : s + chunk].astype("<f4").tobytes() for s in starts], pa.binary()
+            ),
+        }
+    )
 
 
 def _map_partitions(
@@ -62,20 +104,8 @@ def _map_partitions(
         part = TaskContext.get().partitionId()
         rng = np.random.default_rng([*seed_key, part])
         with task_blas_threads():
-            new_state, n, sums = step(table, state.copy(), rng)
-        starts = range(0, new_state.size, chunk)
-        yield pa.RecordBatch.from_pydict(
-            {
-                "part": pa.array([part] * len(starts), pa.int32()),
-                "chunk": pa.array(range(len(starts)), pa.int32()),
-                "n": pa.array([n] * len(starts), pa.int64()),
-                "sums": pa.array([np.asarray(sums, np.float64).tobytes()] * len(starts)),
-                "data": pa.array(
-                    [new_state[s : s + chunk].astype("<f4").tobytes() for s in starts],
-                    pa.binary(),
-                ),
-            }
-        )
+            result = step(table, state.copy(), rng)
+        yield _state_batch(part, result, chunk)
 
     return run
 
@@ -105,6 +135,25 @@ def _average_chunk(table: pa.Table) -> pa.Table:
     )
 
 
+def _average_states(table: pa.Table) -> RoundResult:
+    """The averaged round from all partitions' STATE_SCHEMA rows (chunks in any order)."""
+    chunks = table.column("chunk").to_numpy()
+    reduced = [
+        _average_chunk(table.filter(pa.array(chunks == c))).to_pylist()[0]
+        for c in np.unique(chunks)
+    ]
+    return _assemble(reduced)
+
+
+def _assemble(reduced: list[dict]) -> RoundResult:
+    if not reduced:
+        raise ValueError("no partition had any rows")
+    reduced.sort(key=lambda row: row["chunk"])
+    new_state = np.concatenate([np.frombuffer(row["data"], "<f4") for row in reduced])
+    first = reduced[0]
+    return RoundResult(new_state.copy(), int(first["n"]), np.frombuffer(first["sums"], np.float64))
+
+
 def average_round(
     data: DataFrame,
     state: np.ndarray,
@@ -122,20 +171,71 @@ def average_round(
     chunk = chunk_length(state.size, partitions)
     mapped = data.mapInArrow(_map_partitions(step, state, seed_key, chunk), STATE_SCHEMA)
     if partitions * state.size * 4 <= GROUP_BYTES:
-        table = mapped.toArrow()
-        chunks = table.column("chunk").to_numpy()
-        reduced = [
-            _average_chunk(table.filter(pa.array(chunks == c))).to_pylist()[0]
-            for c in np.unique(chunks)
-        ]
+        result = _average_states(mapped.toArrow())
     else:
         rows = mapped.groupBy("chunk").applyInArrow(_average_chunk, REDUCED_SCHEMA).collect()
-        reduced = [row.asDict() for row in rows]
-    if not reduced:
-        raise ValueError("no partition had any rows")
-    reduced.sort(key=lambda row: row["chunk"])
-    new_state = np.concatenate([np.frombuffer(row["data"], "<f4") for row in reduced])
-    if new_state.size != state.size:
-        raise RuntimeError(f"averaged state has {new_state.size} values, expected {state.size}")
-    first = reduced[0]
-    return RoundResult(new_state.copy(), int(first["n"]), np.frombuffer(first["sums"], np.float64))
+        result = _assemble([row.asDict() for row in rows])
+    if result.state.size != state.size:
+        raise RuntimeError(f"averaged state has {result.state.size} values, expected {state.size}")
+    return result
+
+
+class _Collected(AccumulatorParam):
+    """A list that tasks append to: each partition's state batch, as Arrow IPC bytes."""
+
+    def zero(self, value: list) -> list:
+        return []
+
+    def addInPlace(self, a: list, b: list) -> list:
+        a.extend(b)
+        return a
+
+
+def can_emit(sc: SparkContext | None, state_size: int, partitions: int) -> bool:
+    """Whether an EmittingRound works here: a SparkContext, and states that fit GROUP_BYTES."""
+    return sc is not None and partitions * state_size * 4 <= GROUP_BYTES
+
+
+class EmittingRound:
+    """One round whose partitions also emit rows; `batches` is the stage's mapInArrow function.
+
+    The caller runs the stage through an action that writes the rows, e.g.
+    `df.mapInArrow(round.batches, schema).write.parquet(path)`; afterwards `result()` is the
+    same averaged state that `average_round` gives for the same step, seed and data.
+    """
+
+    def __init__(
+        self, sc: SparkContext, state: np.ndarray, step: EmittingStep, seed_key: tuple[int, ...]
+    ) -> None:
+        self.state = np.ascontiguousarray(state, np.float32)
+        self._step, self._seed_key = step, seed_key
+        self._states = sc.accumulator([], _Collected())
+
+    def batches(self, source: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        from pyspark import TaskContext
+
+        table = pa.Table.from_batches(list(source))
+        if table.num_rows == 0:
+            return
+        part = TaskContext.get().partitionId()
+        rng = np.random.default_rng([*self._seed_key, part])
+        with task_blas_threads():
+            result, rows = self._step(table, self.state.copy(), rng)
+        sink = pa.BufferOutputStream()
+        batch = _state_batch(part, result, self.state.size)
+        with pa.ipc.new_stream(sink, batch.schema) as writer:
+            writer.write_batch(batch)
+        self._states.add([sink.getvalue().to_pybytes()])
+        yield from rows
+
+    def result(self) -> RoundResult:
+        """The averaged state, once the action that ran `batches` has finished."""
+        parts = [pa.ipc.open_stream(blob).read_all() for blob in self._states.value]
+        if not parts:
+            raise ValueError("no partition had any rows")
+        result = _average_states(pa.concat_tables(parts))
+        if result.state.size != self.state.size:
+            raise RuntimeError(
+                f"averaged state has {result.state.size} values, expected {self.state.size}"
+            )
+        return result

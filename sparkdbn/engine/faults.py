@@ -7,18 +7,22 @@ Local mode retries only with a master such as `local[2,4]` (spark.task.maxFailur
 
 from __future__ import annotations
 
+from typing import Any, TypeVar
+
 import numpy as np
 import pyarrow as pa
 
-from sparkdbn.engine.averaging import PartitionStep, StepResult
+from sparkdbn.engine.averaging import EmittingStep, PartitionStep
+
+Step = TypeVar("Step", PartitionStep, EmittingStep)
 
 
-def failing_first_attempt(step: PartitionStep, partitions: frozenset[int]) -> PartitionStep:
+def failing_first_attempt(step: Step, partitions: frozenset[int]) -> Step:
     """`step`, except that tasks of `partitions` raise RuntimeError on their first attempt."""
     if not partitions:
         return step
 
-    def run(table: pa.Table, state: np.ndarray, rng: np.random.Generator) -> StepResult:
+    def run(table: pa.Table, state: np.ndarray, rng: np.random.Generator) -> Any:
         from pyspark import TaskContext
 
         context = TaskContext.get()

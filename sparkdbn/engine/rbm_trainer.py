@@ -4,40 +4,102 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from dataclasses import asdict
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import pyarrow as pa
 from pyspark.sql import SparkSession
 
-from sparkdbn.columns import unpack_rows
+from sparkdbn.columns import pack_rows, unpack_rows
 from sparkdbn.data import PACKED_X, PackedData
-from sparkdbn.engine.averaging import PartitionStep, StepResult, average_round
+from sparkdbn.engine.averaging import (
+    EmittingRound,
+    EmittingStep,
+    PartitionStep,
+    RoundResult,
+    StepResult,
+    average_round,
+    can_emit,
+    exact_limbs,
+    from_limbs,
+)
 from sparkdbn.engine.checkpoint import Checkpoint
 from sparkdbn.engine.divergence import divergence
 from sparkdbn.engine.faults import failing_first_attempt
-from sparkdbn.engine.jobinfo import described
+from sparkdbn.engine.jobinfo import described, spark_context
+from sparkdbn.engine.store import Batches, checksum_of, checksum_terms
 from sparkdbn.errors import DivergenceError
-from sparkdbn.kernels.rbm import CDConfig, RBMParams, cd_epoch
+from sparkdbn.kernels.rbm import DTYPE, CDConfig, RBMParams, cd_epoch
 from sparkdbn.metrics import EpochRecord, LayerLog, RunLog
 
 
-def rbm_step(n_visible: int, n_hidden: int, cfg: CDConfig) -> PartitionStep:
+def _epoch(
+    table: pa.Table, state: np.ndarray, rng: np.random.Generator, n_visible: int, n_hidden: int,
+    cfg: CDConfig, checksum: bool, hidden_out: np.ndarray | None = None, sample: bool = False,
+) -> StepResult:
+    """CD-k over the partition's rows from `state` ([parameters, momentum buffers]); the sums
+    are the squared reconstruction error and, with `checksum`, the rows' checksum terms."""
+    size = n_visible * n_hidden + n_visible + n_hidden
+    X = unpack_rows(table.column(PACKED_X), n_visible)
+    params = RBMParams.from_flat(state[:size], n_visible, n_hidden)
+    velocity = RBMParams.from_flat(state[size:], n_visible, n_hidden)
+    stats = cd_epoch(params, velocity, X, cfg, rng, hidden_out=hidden_out, hidden_sample=sample)
+    new_state = np.concatenate([params.to_flat(), velocity.to_flat()])
+    sums = [stats.recon_sq_error, *(exact_limbs(checksum_terms(X)) if checksum else [])]
+    return new_state, stats.n_rows, np.array(sums)
+
+
+def rbm_step(n_visible: int, n_hidden: int, cfg: CDConfig, checksum: bool = False) -> PartitionStep:
     """The per-partition work of one epoch: CD-k over all the partition's rows.
 
     The state is [parameters, momentum buffers], so momentum is averaged like the weights.
+    With `checksum`, the rows' checksum terms ride along as two more sums (exact limbs).
     """
-    size = n_visible * n_hidden + n_visible + n_hidden
 
     def step(table: pa.Table, state: np.ndarray, rng: np.random.Generator) -> StepResult:
-        X = unpack_rows(table.column(PACKED_X), n_visible)
-        params = RBMParams.from_flat(state[:size], n_visible, n_hidden)
-        velocity = RBMParams.from_flat(state[size:], n_visible, n_hidden)
-        stats = cd_epoch(params, velocity, X, cfg, rng)
-        new_state = np.concatenate([params.to_flat(), velocity.to_flat()])
-        return new_state, stats.n_rows, np.array([stats.recon_sq_error])
+        return _epoch(table, state, rng, n_visible, n_hidden, cfg, checksum)
 
     return step
+
+
+def rbm_emitting_step(
+    n_visible: int, n_hidden: int, cfg: CDConfig, sample: bool, checksum: bool = False
+) -> EmittingStep:
+    """`rbm_step` that also emits every row (id, x, label) with x replaced by its positive
+    phase during the epoch: hidden probabilities, or sampled states with `sample`."""
+
+    def step(
+        table: pa.Table, state: np.ndarray, rng: np.random.Generator
+    ) -> tuple[StepResult, Iterator[pa.RecordBatch]]:
+        H = np.empty((table.num_rows, n_hidden), DTYPE)
+        result = _epoch(table, state, rng, n_visible, n_hidden, cfg, checksum, H, sample)
+        return result, _with_hidden(table, H)
+
+    return step
+
+
+def _with_hidden(table: pa.Table, H: np.ndarray) -> Iterator[pa.RecordBatch]:
+    """The table's batches with x replaced by the matching rows of H."""
+    start = 0
+    for batch in table.to_batches():
+        columns = {name: batch.column(name) for name in batch.schema.names}
+        columns[PACKED_X] = pack_rows(H[start : start + batch.num_rows])
+        start += batch.num_rows
+        yield pa.RecordBatch.from_pydict(columns)
+
+
+@dataclass(frozen=True)
+class RoughPublish:
+    """Publish an epoch's positive phase as a rough version, written by the epoch's own stage.
+
+    `write(batches, before_commit)` runs the stage: it publishes the training data's rows
+    through `batches` (see `RepresentationStore.publish`), calling `before_commit` before the
+    version becomes visible; `sample` says whether rows carry sampled states.
+    """
+
+    sample: bool
+    write: Callable[[Batches, Callable[[], None]], None]
 
 
 def initial_state(params: RBMParams) -> np.ndarray:
@@ -104,32 +166,8 @@ class LayerTrainer:
             return self.cfg
         return dataclasses.replace(self.cfg, momentum=self.final_momentum)
 
-    @property
-    def done(self) -> bool:
-        return self.epoch >= self.epochs
-
-    def train_epoch(self, data: PackedData, version: int | None = None) -> EpochRecord:
-        """One epoch over `data` (seeded by seed, layer, epoch and partition)."""
-        if data.width != self.n_visible:
-            raise ValueError(
-                f"layer {self.layer} expects {self.n_visible} inputs, got {data.width}"
-            )
-        if self.log.started_at is None:
-            self.log.started_at = self.run.now()
-        start = time.perf_counter()
-        text = f"layer {self.layer} · epoch {self.epoch + 1}"
-        with described(self.spark, text, self.pool):
-            result = average_round(
-                data.df.select(PACKED_X),
-                self.state,
-                failing_first_attempt(
-                    rbm_step(self.n_visible, self.n_hidden, self.epoch_config()),
-                    self.fail_partitions,
-                ),
-                (self.seed, self.layer, self.epoch),
-                data.partitions,
-            )
-        seconds = time.perf_counter() - start
+    def _check(self, result: RoundResult, data: PackedData) -> RoundResult:
+        """Raise unless the round is fit to keep: no divergence, and the data's owed check."""
         recon = float(result.sums[0] / result.n_rows)
         first = self.log.epochs[0].recon_error if self.log.epochs else None
         why = divergence(result.state, recon, first, "reconstruction error")
@@ -140,6 +178,60 @@ class LayerTrainer:
                 f"training diverged at layer {self.layer}, epoch {self.epoch + 1}/{self.epochs}: "
                 f"{why}; lower learning_rate{hint}"
             )
+        if data.check is not None:
+            data.check.verify(result.n_rows, checksum_of(from_limbs(result.sums[1:3])))
+            data.check = None
+        return result
+
+    @property
+    def done(self) -> bool:
+        return self.epoch >= self.epochs
+
+    def can_publish_rough(self, data: PackedData) -> bool:
+        """Whether `train_epoch` can publish during the epoch here (see `EmittingRound`)."""
+        return can_emit(spark_context(self.spark), self.state.size, data.partitions)
+
+    def train_epoch(
+        self, data: PackedData, version: int | None = None, publish: RoughPublish | None = None
+    ) -> EpochRecord:
+        """One epoch over `data` (seeded by seed, layer, epoch and partition).
+
+        With `publish`, the epoch's stage also writes the rows' positive phase as a rough
+        version, which is committed only if the epoch passes its checks. Data that still owes
+        its check (`PackedData.check`) is verified by this pass; a mismatch raises
+        CorruptVersionError and the epoch is not kept.
+        """
+        if data.width != self.n_visible:
+            raise ValueError(
+                f"layer {self.layer} expects {self.n_visible} inputs, got {data.width}"
+            )
+        if self.log.started_at is None:
+            self.log.started_at = self.run.now()
+        start = time.perf_counter()
+        text = f"layer {self.layer} · epoch {self.epoch + 1}"
+        seed_key = (self.seed, self.layer, self.epoch)
+        cfg, checksum = self.epoch_config(), data.check is not None
+        with described(self.spark, text + (" + rough version" if publish else ""), self.pool):
+            if publish is None:
+                step = rbm_step(self.n_visible, self.n_hidden, cfg, checksum)
+                result = average_round(
+                    data.df.select(PACKED_X), self.state,
+                    failing_first_attempt(step, self.fail_partitions), seed_key, data.partitions,
+                )
+                self._check(result, data)
+            else:
+                emitting = rbm_emitting_step(
+                    self.n_visible, self.n_hidden, cfg, publish.sample, checksum
+                )
+                sc = spark_context(self.spark)
+                rnd = EmittingRound(
+                    sc, self.state, failing_first_attempt(emitting, self.fail_partitions), seed_key
+                )
+                checked: list[RoundResult] = []
+                publish.write(rnd.batches, lambda: checked.append(self._check(rnd.result(), data)))
+                (result,) = checked
+        seconds = time.perf_counter() - start
+        recon = float(result.sums[0] / result.n_rows)
         self.state = result.state
         record = EpochRecord(
             epoch=self.epoch,

@@ -3,7 +3,13 @@
 `pipelined`: layer l publishes a rough version of its representation after `start_after` of its
 epochs and then every `publish_every`, plus a final one. Layer l+1 starts on the first version,
 moves to the newest one at each epoch boundary, and keeps its last `final_epochs` epochs for the
-final version of its input (it waits for it if it gets there first).
+final version of its input (it waits for it if it gets there first). A rough version is, by
+default (`rough_versions = "in_epoch"`), the positive phase of the epoch it follows, written by
+that epoch's own stage: each row's P(h | v) under the weights its mini-batch met, at no extra
+pass over the data. Where that cannot run (Spark Connect, very many partitions) or with
+"after_epoch", it is a pass of its own with the epoch's averaged weights. The final version is
+always such a pass, with the final weights. Upper layers check each version they load in their
+first epoch on it instead of in a pass of its own.
 
 `tied`: layer 0 trains `start_after` epochs; then every upper layer starts at once, its weights
 tied to the layer below (W or Wᵀ, see `config.tie_plan`), and each publishes a version made
@@ -32,11 +38,11 @@ from sparkdbn.data import PackedData
 from sparkdbn.engine.checkpoint import Checkpoint
 from sparkdbn.engine.jobinfo import described
 from sparkdbn.engine.pretrain import initial_params, layer_trainer, pretrain_sequential
-from sparkdbn.engine.rbm_trainer import LayerTrainer
+from sparkdbn.engine.rbm_trainer import LayerTrainer, RoughPublish
 from sparkdbn.engine.representation import hidden_batches
 from sparkdbn.engine.store import RepresentationStore, Version
 from sparkdbn.kernels.rbm import RBMParams
-from sparkdbn.metrics import RunLog
+from sparkdbn.metrics import LayerLog, RunLog, SpanRecord
 from sparkdbn.model import DBNModel
 
 WAIT_POLL_SECONDS = 0.5
@@ -73,10 +79,13 @@ class Shared:
 class _Input:
     """A layer's view of the store below: the newest version, cached, with a reader lease."""
 
-    def __init__(self, store: RepresentationStore, reader: str, shared: Shared) -> None:
+    def __init__(
+        self, store: RepresentationStore, reader: str, shared: Shared, run: RunLog, log: LayerLog
+    ) -> None:
         self.store = store
         self.reader = reader
         self.shared = shared
+        self.run, self.log = run, log
         self.version: Version | None = None
         self.data: PackedData | None = None
 
@@ -106,12 +115,15 @@ class _Input:
             self.shared.stop.wait(WAIT_POLL_SECONDS)
 
     def _switch(self, version: Version) -> None:
+        started_at, start = self.run.now(), time.perf_counter()
         self.store.acquire(version, self.reader)
         try:
-            loaded = self.store.load(version)
+            loaded = self.store.load(version, deferred=True)
         except BaseException:
             self.store.release(version, self.reader)
             raise
+        seconds = round(time.perf_counter() - start, 3)
+        self.log.loads.append(SpanRecord(version.number, started_at, seconds))
         if self.data is not None:
             self.data.unpersist()
             self.store.release(self.version, self.reader)
@@ -142,6 +154,7 @@ def _publish(
     """
     seed_key = (cfg.seed, trainer.layer, trainer.epoch)
     text = f"layer {trainer.layer} · publish after epoch {trainer.epoch}"
+    started_at, start = trainer.run.now(), time.perf_counter()
     with described(spark, text, trainer.pool):
         version = store.publish(
             data.df,
@@ -153,6 +166,35 @@ def _publish(
     if final:
         store.mark_final(version)
     store.collect_garbage()
+    seconds = round(time.perf_counter() - start, 3)
+    trainer.log.publishes.append(SpanRecord(version.number, started_at, seconds, trainer.epoch))
+
+
+def _rough_publish(
+    spark: SparkSession,
+    store: RepresentationStore,
+    trainer: LayerTrainer,
+    data: PackedData,
+    cfg: TrainConfig,
+) -> RoughPublish:
+    """Publish the coming epoch's positive phase over `data` as a rough version."""
+    epoch = trainer.epoch + 1
+
+    def write(batches, before_commit) -> None:
+        started_at, start = trainer.run.now(), time.perf_counter()
+        version = store.publish(
+            data.df,
+            trainer.n_hidden,
+            {"epoch": epoch, "final": False, "in_epoch": True},
+            batches=batches,
+            compression="none" if cfg.representation == "probabilities" else "snappy",
+            before_commit=before_commit,
+        )
+        store.collect_garbage()
+        seconds = round(time.perf_counter() - start, 3)
+        trainer.log.publishes.append(SpanRecord(version.number, started_at, seconds, epoch, True))
+
+    return RoughPublish(cfg.representation == "sample", write)
 
 
 def make_shared(spark: SparkSession, cfg: TrainConfig, store_base: str) -> Shared:
@@ -199,7 +241,9 @@ def run_layer(
     if layer == 0 and cfg.schedule == "tied" and trainer.epoch >= cfg.start_after:
         shared.tie_params = trainer.params  # resumed past the tie point
         shared.tie_ready.set()
-    source = None if layer == 0 else _Input(shared.stores[layer - 1], f"layer{layer}", shared)
+    source = None
+    if layer > 0:
+        source = _Input(shared.stores[layer - 1], f"layer{layer}", shared, run, trainer.log)
     rough_limit = 0 if cfg.schedule == "sequential" else cfg.epochs - cfg.final_epochs
     try:
         current = data
@@ -212,7 +256,18 @@ def run_layer(
             if source is not None:
                 current = source.refresh(wait_for_final=trainer.epoch >= rough_limit)
             version = None if source is None else source.version.number
-            trainer.train_epoch(current, version)
+            rough = (
+                out_store is not None
+                and cfg.rough_versions == "in_epoch"
+                and trainer.epoch + 1 < trainer.epochs
+                and publishes_after(trainer.epoch + 1, cfg)
+                and trainer.can_publish_rough(current)
+            )
+            if rough:
+                publish = _rough_publish(spark, out_store, trainer, current, cfg)
+                trainer.train_epoch(current, version, publish)
+            else:
+                trainer.train_epoch(current, version)
             if layer == 0 and cfg.schedule == "tied" and trainer.epoch == cfg.start_after:
                 shared.tie_params = trainer.params
                 shared.tie_ready.set()
@@ -220,7 +275,7 @@ def run_layer(
                 continue
             if trainer.done:
                 _publish(spark, out_store, trainer, current, cfg, final=True)
-            elif publishes_after(trainer.epoch, cfg):
+            elif publishes_after(trainer.epoch, cfg) and not rough:
                 _publish(spark, out_store, trainer, current, cfg)
         if out_store is not None and out_store.final() is None:
             if source is not None:

@@ -13,6 +13,10 @@ finished, with the row count and checksum of exactly the rows written: tallied b
 tasks themselves (an accumulator, which Spark merges once per partition of the write), or read
 back from the files under Spark Connect, which has no accumulators. Directory names are never
 reused: a killed job's executors might still be writing into its directory.
+
+A reader checks a version against its marker when it loads it, in a pass of its own, or, with
+`load(..., deferred=True)`, in the first pass its own work makes over the rows (a training
+epoch): the data is then read once instead of twice.
 """
 
 from __future__ import annotations
@@ -64,15 +68,37 @@ class Version:
     created_at: float
     meta: dict = field(default_factory=dict, hash=False)
     writer: str = ""
+    schema: str = ""  # the rows' Spark schema as JSON, so a read needs no inference job
 
 
 class CorruptVersionError(OSError):
     """A version's Parquet data no longer matches its marker (row count or checksum)."""
 
 
-def _checksum_terms(X: np.ndarray) -> int:
-    """The exact integer sum of X's values rounded to multiples of 1 / _CHECKSUM_SCALE."""
+def checksum_terms(X: np.ndarray) -> int:
+    """The exact integer sum of X's values rounded to multiples of 1 / _CHECKSUM_SCALE; the
+    terms of all rows, added, give the checksum a marker records (`checksum_of`)."""
     return int(np.rint(X * np.float32(_CHECKSUM_SCALE)).sum(dtype=np.int64))
+
+
+def checksum_of(terms: int) -> float:
+    return terms / _CHECKSUM_SCALE
+
+
+@dataclass(frozen=True)
+class PendingCheck:
+    """A loaded version's marker figures, to be compared with the first pass over its rows."""
+
+    version: Version
+
+    def verify(self, n_rows: int, checksum: float) -> None:
+        """Raise CorruptVersionError unless the rows seen match the marker."""
+        v = self.version
+        if (n_rows, checksum) != (v.n_rows, v.checksum):
+            raise CorruptVersionError(
+                f"version {v.number} at {v.path} has {n_rows} rows and checksum {checksum}; "
+                f"its marker says {v.n_rows} and {v.checksum}"
+            )
 
 
 def _stats_batches(width: int):
@@ -83,7 +109,7 @@ def _stats_batches(width: int):
         for batch in batches:
             X = unpack_rows(batch.column(PACKED_X), width)
             n += X.shape[0]
-            total += _checksum_terms(X)
+            total += checksum_terms(X)
         if n:
             yield pa.RecordBatch.from_pydict(
                 {"n": pa.array([n], pa.int64()), "total": pa.array([total], pa.int64())}
@@ -96,7 +122,7 @@ def _stats(df: DataFrame, width: int) -> tuple[int, float, int]:
     """Rows, checksum and number of non-empty partitions of a packed DataFrame, in one pass."""
     rows = df.select(PACKED_X).mapInArrow(_stats_batches(width), _STATS_SCHEMA).collect()
     n = sum(r["n"] for r in rows)
-    checksum = sum(r["total"] for r in rows) / _CHECKSUM_SCALE
+    checksum = checksum_of(sum(r["total"] for r in rows))
     return n, checksum, len(rows)
 
 
@@ -116,7 +142,7 @@ def _tallied(batches: Batches, width: int, tally: Accumulator) -> Batches:
     def run(source: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         for batch in batches(source):
             X = unpack_rows(batch.column(PACKED_X), width)
-            tally.add((X.shape[0], _checksum_terms(X)))
+            tally.add((X.shape[0], checksum_terms(X)))
             yield batch
 
     return run
@@ -177,6 +203,7 @@ class RepresentationStore:
             created_at=record["created_at"],
             meta=record["meta"],
             writer=record["writer"],
+            schema=record.get("schema", ""),
         )
 
     # -- writer --------------------------------------------------------------------------------
@@ -188,15 +215,17 @@ class RepresentationStore:
         meta: dict | None = None,
         batches: Batches | None = None,
         compression: str = "snappy",
+        before_commit: Callable[[], None] | None = None,
     ) -> Version:
         """Write `df` (id, x[, label]) as the next version, then commit it with its marker.
 
         `batches`, a mapInArrow function from `df`'s rows to rows of the same schema (such as
         a layer's transform), runs in the writing tasks, which then tally what they write: no
         read-back pass, except under Spark Connect. `compression` is Parquet's codec ("none"
-        suits float probabilities, which do not compress). Numbering continues after every
-        marker and every leftover directory (a restarted writer never reuses a name), and
-        Spark's write refuses an existing directory.
+        suits float probabilities, which do not compress). `before_commit` runs between the
+        write and the marker; if it raises, the version is never committed. Numbering
+        continues after every marker and every leftover directory (a restarted writer never
+        reuses a name), and Spark's write refuses an existing directory.
         """
         fields = {f.name: f.dataType for f in df.schema.fields}
         if PACKED_ID not in fields or not isinstance(fields.get(PACKED_X), T.BinaryType):
@@ -221,7 +250,9 @@ class RepresentationStore:
         if tally is None:
             n_rows, checksum, _ = _stats(self.spark.read.parquet(path), width)
         else:
-            n_rows, checksum = tally.value[0], tally.value[1] / _CHECKSUM_SCALE
+            n_rows, checksum = tally.value[0], checksum_of(tally.value[1])
+        if before_commit is not None:
+            before_commit()
         record = {
             "version": number,
             "n_rows": n_rows,
@@ -230,6 +261,7 @@ class RepresentationStore:
             "created_at": time.time(),
             "writer": self.writer,
             "meta": meta,
+            "schema": df.schema.json(),
         }
         self._fs.write_bytes(self._marker_path(number), json.dumps(record).encode())
         return self._read_version(number)
@@ -319,27 +351,44 @@ class RepresentationStore:
             time.sleep(max(0.0, min(poll, left)))
 
     def read(self, version: Version) -> DataFrame:
-        """The version's rows (id, x[, label]); lazily read, so hold a lease while using it."""
-        return self.spark.read.parquet(version.path)
+        """The version's rows (id, x[, label]); lazily read, so hold a lease while using it.
 
-    def load(self, version: Version, partitions: int | None = None) -> PackedData:
+        The marker's schema spares Spark its schema inference, which reads a footer in a job
+        of its own: behind another layer's running tasks, that job waited seconds for a slot.
+        """
+        reader = self.spark.read
+        if version.schema:
+            reader = reader.schema(T.StructType.fromJson(json.loads(version.schema)))
+        return reader.parquet(version.path)
+
+    def load(
+        self, version: Version, partitions: int | None = None, deferred: bool = False
+    ) -> PackedData:
         """The version cached as training data, checked against its marker on the way in.
 
         With `partitions`, rows are hashed by id and sorted inside each partition, as
-        `data.prepare` does, so a reload partitions them the same way.
+        `data.prepare` does, so a reload partitions them the same way. With `deferred` (and a
+        SparkContext, to count partitions without a pass), nothing is read yet: the data
+        carries a `PendingCheck` that its first pass must settle, and the cache fills then.
         """
         df = self.read(version)
         if partitions is not None:
             df = df.repartition(partitions, PACKED_ID).sortWithinPartitions(PACKED_ID)
         df = df.persist(StorageLevel.MEMORY_AND_DISK)
+        has_label = PACKED_LABEL in df.columns
+        sc = spark_context(self.spark)
+        if deferred and sc is not None:
+            # An upper bound on the non-empty partitions, which is all averaging needs.
+            parts = df.rdd.getNumPartitions()
+            check = PendingCheck(version)
+            return PackedData(df, version.width, version.n_rows, parts, has_label, check=check)
         n_rows, checksum, parts = _stats(df, version.width)
-        if (n_rows, checksum) != (version.n_rows, version.checksum):
+        try:
+            PendingCheck(version).verify(n_rows, checksum)
+        except CorruptVersionError:
             df.unpersist()
-            raise CorruptVersionError(
-                f"version {version.number} at {version.path} has {n_rows} rows and checksum "
-                f"{checksum}; its marker says {version.n_rows} and {version.checksum}"
-            )
-        return PackedData(df, version.width, n_rows, parts, PACKED_LABEL in df.columns)
+            raise
+        return PackedData(df, version.width, n_rows, parts, has_label)
 
     def verify(self, version: Version) -> bool:
         """Whether the version's Parquet data still has the marker's row count and checksum."""

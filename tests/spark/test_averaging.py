@@ -6,6 +6,7 @@ bit difference."""
 
 from __future__ import annotations
 
+import dataclasses
 import io
 from collections.abc import Iterator
 
@@ -216,3 +217,137 @@ def test_width_mismatch_is_refused(spark, three_parts) -> None:
     t = LayerTrainer(spark, 0, initial(D + 1, H), CFG, SEED, 1, run)
     with pytest.raises(ValueError, match=f"layer 0 expects {D + 1} inputs, got {D}"):
         t.train_epoch(three_parts)
+
+
+def kernel_hidden(X: np.ndarray, parts: list[np.ndarray], state: np.ndarray, epoch: int,
+                  sample: bool) -> dict[int, np.ndarray]:
+    """The reference positive phase: each partition's cd_epoch with hidden_out, by row id."""
+    size = D * H + D + H
+    rows = {}
+    for p, ids in enumerate(parts):
+        params = RBMParams.from_flat(state[:size], D, H)
+        velocity = RBMParams.from_flat(state[size:], D, H)
+        out = np.empty((len(ids), H), np.float32)
+        rng = np.random.default_rng([SEED, LAYER, epoch, p])
+        cd_epoch(params, velocity, X[ids], CFG, rng, hidden_out=out, hidden_sample=sample)
+        rows.update(zip(ids.tolist(), out, strict=True))
+    return rows
+
+
+@pytest.mark.parametrize("sample", [False, True])
+def test_emitting_round_writes_the_positive_phase_and_averages_like_a_round(
+    spark, X, three_parts, tmp_path, sample: bool
+) -> None:
+    """An EmittingRound whose stage is written to Parquet: its state is bit-identical to
+    average_round's (and the kernel average), and the written rows are each partition's
+    kernel positive phase, by id (compared with chispa)."""
+    from chispa import assert_df_equality
+
+    from sparkdbn.engine.averaging import EmittingRound, can_emit
+    from sparkdbn.engine.rbm_trainer import rbm_emitting_step
+
+    sc = spark.sparkContext
+    assert can_emit(sc, start_state().size, 3) and not can_emit(None, start_state().size, 3)
+    assert not can_emit(sc, GROUP_BYTES, 3)
+    key = (SEED, LAYER, 0)
+    rnd = EmittingRound(sc, start_state(), rbm_emitting_step(D, H, CFG, sample), key)
+    source = three_parts.df.select("id", "x")
+    source.mapInArrow(rnd.batches, source.schema).write.parquet(str(tmp_path / "rows"))
+    result = rnd.result()
+    plain = average_round(source.select("x"), start_state(), rbm_step(D, H, CFG), key, 3)
+    parts = partition_ids(three_parts)
+    expected, recon = kernel_state(X, parts, start_state(), D, H, 0)
+    assert np.array_equal(result.state, plain.state) and np.array_equal(result.state, expected)
+    assert result.n_rows == N and result.sums.tolist() == [recon]
+
+    hidden = kernel_hidden(X, parts, start_state(), 0, sample)
+    want = spark.createDataFrame(
+        [(i, hidden[i].tobytes()) for i in range(N)], "id long, x binary"
+    )
+    got = spark.read.parquet(str(tmp_path / "rows"))
+    assert_df_equality(got, want, ignore_row_order=True, ignore_nullable=True)
+
+
+def test_checksum_limbs_are_exact_through_the_average(spark, three_parts) -> None:
+    """rbm_step(checksum=True) adds each partition's checksum terms as two limbs; summed over
+    partitions they give back the exact total of the data's terms."""
+    from sparkdbn.engine.averaging import exact_limbs, from_limbs
+    from sparkdbn.engine.store import checksum_terms
+
+    data_x = np.stack([np.frombuffer(r["x"], np.float32) for r in three_parts.df.collect()])
+    step = rbm_step(D, H, CFG, checksum=True)
+    result = average_round(three_parts.df.select("x"), start_state(), step, (SEED, LAYER, 0), 3)
+    assert from_limbs(result.sums[1:3]) == checksum_terms(data_x)
+    for value in (0, 1, (1 << 32) - 1, 1 << 32, 3 * (1 << 40) + 17, -5, -(1 << 35) - 3):
+        assert from_limbs(np.array(exact_limbs(value))) == value
+
+
+def rough_publish(store, data, sample: bool = False):
+    from sparkdbn.engine.rbm_trainer import RoughPublish
+
+    def write(batches, before_commit) -> None:
+        store.publish(data.df, H, {"in_epoch": True}, batches=batches, before_commit=before_commit)
+
+    return RoughPublish(sample, write)
+
+
+def test_trainer_publishes_its_epochs_positive_phase(spark, X, three_parts, tmp_path) -> None:
+    """train_epoch with a RoughPublish keeps the same state as a plain epoch, and the committed
+    version holds each row's positive phase from the kernel (ids and labels kept)."""
+    from sparkdbn.engine.store import RepresentationStore
+
+    store = RepresentationStore(spark, str(tmp_path / "store"))
+    plain, publishing = trainer(spark), trainer(spark)
+    assert publishing.can_publish_rough(three_parts)
+    for _ in range(2):
+        plain.train_epoch(three_parts)
+        before = publishing.state.copy()
+        publishing.train_epoch(three_parts, publish=rough_publish(store, three_parts))
+    assert np.array_equal(plain.state, publishing.state)
+    latest = store.latest()
+    assert latest.number == 2 and latest.n_rows == N and latest.meta == {"in_epoch": True}
+    hidden = kernel_hidden(X, partition_ids(three_parts), before, 1, False)
+    rows = store.read(latest).collect()
+    assert sorted(r["id"] for r in rows) == list(range(N))
+    for r in rows:
+        assert np.array_equal(np.frombuffer(r["x"], np.float32), hidden[r["id"]])
+
+
+def test_a_diverging_epoch_commits_no_rough_version(spark, three_parts, tmp_path) -> None:
+    """The divergence guard runs before the marker: the run stops with nothing published."""
+    from sparkdbn.engine.store import RepresentationStore
+    from sparkdbn.errors import DivergenceError
+
+    store = RepresentationStore(spark, str(tmp_path / "store"))
+    exploding = dataclasses.replace(CFG, learning_rate=1e38, momentum=0.0)
+    t = LayerTrainer(spark, LAYER, initial(), exploding, SEED, 2, RunLog("x", out=io.StringIO()))
+    with pytest.raises(DivergenceError, match="diverged at layer 1, epoch 1/2"):
+        t.train_epoch(three_parts, publish=rough_publish(store, three_parts))
+    assert store.versions() == [] and t.epoch == 0
+    assert np.array_equal(t.state, start_state())
+
+
+def test_a_changed_version_fails_the_first_epoch_on_it(spark, tmp_path) -> None:
+    """A deferred load is checked by the first epoch on it: changed rows raise
+    CorruptVersionError and the epoch is not kept; intact rows pass and the debt is paid."""
+    from sparkdbn.engine.store import CorruptVersionError, RepresentationStore
+
+    store = RepresentationStore(spark, str(tmp_path / "store"))
+    rng = np.random.default_rng(5)
+    rows = [(i, rng.random(D, dtype=np.float32).tobytes(), 0) for i in range(N)]
+    df = spark.createDataFrame(rows, "id long, x binary, label long").repartition(2)
+    good, bad = store.publish(df, D), store.publish(df, D)
+    changed = [(i, (np.frombuffer(x, np.float32) * 0.5).tobytes(), y) for i, x, y in rows]
+    spark.createDataFrame(changed, "id long, x binary, label long").write.mode(
+        "overwrite").parquet(bad.path)
+    t = trainer(spark)
+    data = store.load(bad, deferred=True)
+    with pytest.raises(CorruptVersionError, match="version 2 "):
+        t.train_epoch(data)
+    assert t.epoch == 0 and np.array_equal(t.state, start_state())
+    data.unpersist()
+    data = store.load(good, deferred=True)
+    t.train_epoch(data)
+    assert data.check is None and t.epoch == 1
+    t.train_epoch(data)  # no check owed any more
+    data.unpersist()

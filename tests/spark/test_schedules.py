@@ -42,6 +42,10 @@ def runs(spark, train_data, tmp_path_factory) -> dict[str, tuple[DBNModel, RunLo
         "sequential": run_schedule(spark, train_data, tmp, layers=layers),
         "sequential-again": run_schedule(spark, train_data, tmp, layers=layers),
         "pipelined": run_schedule(spark, train_data, tmp, layers=layers, schedule="pipelined"),
+        "pipelined-after": run_schedule(
+            spark, train_data, tmp, layers=layers, schedule="pipelined",
+            rough_versions="after_epoch",
+        ),
         # 8 epochs: layer 0 must still be training when the tied layers have published and
         # loaded their first inputs, even when a fixture epoch takes only 0.3 s.
         "tied": run_schedule(
@@ -80,6 +84,23 @@ def test_last_epochs_train_on_the_final_version(runs, schedule: str) -> None:
     assert seen[-cfg_final:] == [max(seen)] * cfg_final
 
 
+def test_hand_offs_are_logged_and_rough_versions_made_in_their_epoch(runs) -> None:
+    """metrics.json's publishes: layer 0's rough versions came out of the epochs they follow
+    (in_epoch), the final one from a pass with the final weights; layer 1 loaded every
+    version it trained on, each once. With rough_versions = after_epoch, none is in_epoch."""
+    _, run = runs["pipelined"]
+    log0, log1 = run.layers_by_index()[0], run.layers_by_index()[1]
+    publishes = [(p.version, p.after_epoch, p.in_epoch) for p in log0.publishes]
+    epochs = BASE["epochs"]
+    assert publishes == [(e, e, e < epochs) for e in range(1, epochs + 1)]
+    assert all(p.seconds > 0 and p.started_at >= 0 for p in log0.publishes)
+    assert [load.version for load in log1.loads] == sorted(set(versions(run, 1)))
+    assert log1.publishes == [] and log0.loads == []
+    _, after = runs["pipelined-after"]
+    assert [p.in_epoch for p in after.layers_by_index()[0].publishes] == [False] * epochs
+    assert run.to_dict()["layers"][0]["publishes"][0]["in_epoch"] is True
+
+
 def test_tied_upper_layers_start_together(runs) -> None:
     """Under tied, layer 2 starts while layer 1 is still training, both before layer 0 ends."""
     _, run = runs["tied"]
@@ -102,10 +123,13 @@ def test_sequential_is_bit_reproducible(runs) -> None:
 
 
 def test_layer_zero_does_not_depend_on_the_schedule(runs) -> None:
-    """Layer 0 never reads rough data, so it is the same under every schedule and seed."""
+    """Layer 0 never reads rough data, so it is the same under every schedule and seed, and
+    however its rough versions are made."""
     seq, _ = runs["sequential"]
     pipe, _ = runs["pipelined"]
+    after, _ = runs["pipelined-after"]
     assert np.array_equal(seq.layers[0].W, pipe.layers[0].W)
+    assert np.array_equal(seq.layers[0].W, after.layers[0].W)
     assert not np.array_equal(seq.layers[1].W, pipe.layers[1].W)  # rough inputs do matter
 
 

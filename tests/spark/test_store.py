@@ -374,3 +374,57 @@ def test_changed_data_fails_verification(spark, base):
     assert not store.verify(v1)
     with pytest.raises(CorruptVersionError, match="version 1"):
         store.load(v1)
+
+
+def test_before_commit_runs_after_the_write_and_can_refuse_the_version(spark, base):
+    """The hook sees the written files before the marker exists; raising keeps the version
+    invisible (its directory is a leftover for garbage collection), and numbering goes on."""
+    store = RepresentationStore(spark, str(base))
+    seen = []
+
+    def refuse() -> None:
+        seen.append((Path(base, "v-000001").is_dir(), store.latest()))
+        raise RuntimeError("epoch diverged")
+
+    with pytest.raises(RuntimeError, match="epoch diverged"):
+        store.publish(frame(spark, 1), W, before_commit=refuse)
+    assert seen == [(True, None)] and store.versions() == []
+    v2 = store.publish(frame(spark, 2), W, before_commit=lambda: seen.append("ok"))
+    assert v2.number == 2 and seen[-1] == "ok" and store.latest() == v2
+    assert store.collect_garbage() == [1]
+
+
+@pytest.mark.parametrize("label", [True, False])
+def test_marker_schema_reads_like_inference(spark, base, label):
+    """The marker records the rows' schema; reading with it gives what inference gives."""
+    store = RepresentationStore(spark, str(base))
+    v1 = store.publish(frame(spark, 1, label=label), W)
+    assert json.loads(v1.schema)["fields"][0]["name"] == "id"
+    inferred = spark.read.parquet(v1.path)
+    assert_df_equality(store.read(v1), inferred, ignore_row_order=True)
+    assert store.read(v1).columns == (["id", "x", "label"] if label else ["id", "x"])
+
+
+def test_deferred_load_owes_a_check_that_a_first_pass_settles(spark, base):
+    """load(deferred=True) reads nothing: the data carries the marker's figures, and the
+    check passes for the real rows and fails, naming the version, for changed ones."""
+    from sparkdbn.engine.store import checksum_of, checksum_terms
+
+    store = RepresentationStore(spark, str(base))
+    v1 = store.publish(frame(spark, 1), W)
+    data = store.load(v1, deferred=True)
+    try:
+        assert data.check is not None and (data.n_rows, data.width) == (N, W)
+        assert data.partitions >= 1
+        X = unpack_sorted(data.df)
+        data.check.verify(len(X), checksum_of(checksum_terms(X)))
+        with pytest.raises(CorruptVersionError, match=r"version 1 .* has 39 rows"):
+            data.check.verify(len(X) - 1, checksum_of(checksum_terms(X[1:])))
+        changed = X * np.float32(1.5)
+        with pytest.raises(CorruptVersionError, match="its marker says 40"):
+            data.check.verify(len(X), checksum_of(checksum_terms(changed)))
+    finally:
+        data.unpersist()
+    immediate = store.load(v1)  # checked in a pass of its own
+    assert immediate.check is None
+    immediate.unpersist()
