@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> None:
         )
         return
 
-    from sparkdbn.engine.schedules import make_shared, run_layer
+    from sparkdbn.engine.schedules import caches_versions, make_shared, run_layer
     from sparkdbn.engine.training import prepare_training_data
     from sparkdbn.metrics import RunLog
     from sparkdbn.session import get_session
@@ -96,6 +96,7 @@ def main(argv: list[str] | None = None) -> None:
         seconds = warm_up(
             spark, below, f"layer{args.layer}", cfg.layers[args.layer],
             cfg.layers[args.layer + 1], cd_config(cfg, args.layer), cfg.partitions,
+            caches_versions(cfg, below),
         )
         reporter.event("warmed_up", layer=args.layer, seconds=round(seconds, 2),
                        text=f"layer {args.layer} warmed up in {seconds:.1f} s, waiting for input")

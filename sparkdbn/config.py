@@ -22,6 +22,7 @@ from sparkdbn.kernels.mlp import LR_SCHEDULES
 SCHEDULES = ("sequential", "pipelined", "tied")
 REPRESENTATIONS = ("probabilities", "sample")
 ROUGH_VERSIONS = ("in_epoch", "after_epoch")
+CACHE_VERSIONS = ("auto", "always", "never")
 VISIBLE = ("bernoulli", "gaussian")
 
 
@@ -72,6 +73,12 @@ class TrainConfig:
         default="in_epoch",
         metadata={"help": "how rough versions are made: in_epoch (the epoch's own positive "
                   "phase, no extra pass) | after_epoch (a pass with the averaged weights)"},
+    )
+    cache_versions: str = field(
+        default="auto",
+        metadata={"help": "keep loaded versions in Spark's cache: auto (unless the store is on "
+                  "the local disk of a classic application, where rereading is as fast) | "
+                  "always | never"},
     )
     store: str | None = field(
         default=None,
@@ -171,6 +178,7 @@ class TrainConfig:
             ("representation", REPRESENTATIONS),
             ("schedule", SCHEDULES),
             ("rough_versions", ROUGH_VERSIONS),
+            ("cache_versions", CACHE_VERSIONS),
             ("finetune_lr_schedule", LR_SCHEDULES),
             ("if_exists", RESUMABLE_IF_EXISTS),
         )

@@ -70,6 +70,11 @@ class HadoopFS:
     def _path(self, path: str):
         return self._jvm.org.apache.hadoop.fs.Path(path)
 
+    @property
+    def is_local(self) -> bool:
+        """Whether the paths are on this machine's own file system (file:)."""
+        return self._fs.getUri().getScheme() == "file"
+
     def list(self, path: str) -> list[str]:
         p = self._path(path)
         if not self._fs.exists(p):

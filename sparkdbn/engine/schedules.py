@@ -9,7 +9,8 @@ that epoch's own stage: each row's P(h | v) under the weights its mini-batch met
 pass over the data. Where that cannot run (Spark Connect, very many partitions) or with
 "after_epoch", it is a pass of its own with the epoch's averaged weights. The final version is
 always such a pass, with the final weights. Upper layers check each version they load in their
-first epoch on it instead of in a pass of its own.
+first epoch on it instead of in a pass of its own, and keep it in Spark's cache only where
+reading it again costs more than the cache (`cache_versions`).
 
 `tied`: layer 0 trains `start_after` epochs; then every upper layer starts at once, its weights
 tied to the layer below (W or Wᵀ, see `config.tie_plan`), and each publishes a version made
@@ -76,16 +77,30 @@ class Shared:
     wait_timeout: float | None = None  # seconds a layer may wait for input; None: forever
 
 
+def caches_versions(cfg: TrainConfig, store: RepresentationStore) -> bool:
+    """Whether a layer keeps the versions it loads from `store` in Spark's cache."""
+    if cfg.cache_versions == "auto":
+        return not store.on_local_disk
+    return cfg.cache_versions == "always"
+
+
 class _Input:
     """A layer's view of the store below: the newest version, cached, with a reader lease."""
 
     def __init__(
-        self, store: RepresentationStore, reader: str, shared: Shared, run: RunLog, log: LayerLog
+        self,
+        store: RepresentationStore,
+        reader: str,
+        shared: Shared,
+        run: RunLog,
+        log: LayerLog,
+        cache: bool = True,
     ) -> None:
         self.store = store
         self.reader = reader
         self.shared = shared
         self.run, self.log = run, log
+        self.cache = cache
         self.version: Version | None = None
         self.data: PackedData | None = None
 
@@ -118,7 +133,7 @@ class _Input:
         started_at, start = self.run.now(), time.perf_counter()
         self.store.acquire(version, self.reader)
         try:
-            loaded = self.store.load(version, deferred=True)
+            loaded = self.store.load(version, deferred=True, cache=self.cache)
         except BaseException:
             self.store.release(version, self.reader)
             raise
@@ -243,7 +258,9 @@ def run_layer(
         shared.tie_ready.set()
     source = None
     if layer > 0:
-        source = _Input(shared.stores[layer - 1], f"layer{layer}", shared, run, trainer.log)
+        below = shared.stores[layer - 1]
+        cache = caches_versions(cfg, below)
+        source = _Input(below, f"layer{layer}", shared, run, trainer.log, cache)
     rough_limit = 0 if cfg.schedule == "sequential" else cfg.epochs - cfg.final_epochs
     try:
         current = data

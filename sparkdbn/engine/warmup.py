@@ -37,8 +37,10 @@ def warm_up(
     n_hidden: int,
     cfg: CDConfig,
     partitions: int,
+    cache: bool = True,
 ) -> float:
-    """Run a write, a load and a CD round of this layer's shape; return the seconds spent."""
+    """Run a write, a load (`cache` as the layer's loads will) and a CD round of this layer's
+    shape; return the seconds spent."""
     start = time.perf_counter()
     rng = np.random.default_rng(0)
     X = rng.random((WARMUP_ROWS, n_visible), dtype=np.float32)
@@ -51,7 +53,7 @@ def warm_up(
     try:
         scratch = RepresentationStore(spark, base, keep=1)
         version = scratch.publish(spark.createDataFrame(table).repartition(partitions), n_visible)
-        data = scratch.load(version, deferred=True)
+        data = scratch.load(version, deferred=True, cache=cache)
         try:
             params = RBMParams.init(n_visible, n_hidden, rng)
             step = rbm_step(n_visible, n_hidden, cfg, checksum=data.check is not None)

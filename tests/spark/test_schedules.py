@@ -101,6 +101,23 @@ def test_hand_offs_are_logged_and_rough_versions_made_in_their_epoch(runs) -> No
     assert run.to_dict()["layers"][0]["publishes"][0]["in_epoch"] is True
 
 
+@pytest.mark.parametrize(
+    ("setting", "local", "cached"),
+    [("auto", True, False), ("auto", False, True), ("always", True, True),
+     ("never", False, False)],
+)
+def test_cache_versions_setting(setting: str, local: bool, cached: bool) -> None:
+    """auto keeps loaded versions in Spark's cache unless the store is on local disk."""
+    from types import SimpleNamespace
+
+    from sparkdbn.engine.schedules import caches_versions
+
+    store = SimpleNamespace(on_local_disk=local)
+    assert caches_versions(TrainConfig(cache_versions=setting).validate(), store) is cached
+    with pytest.raises(InputError, match=r"cache_versions must be one of auto\|always\|never"):
+        TrainConfig(cache_versions="sometimes").validate()
+
+
 def test_tied_upper_layers_start_together(runs) -> None:
     """Under tied, layer 2 starts while layer 1 is still training, both before layer 0 ends."""
     _, run = runs["tied"]

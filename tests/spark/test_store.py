@@ -428,3 +428,18 @@ def test_deferred_load_owes_a_check_that_a_first_pass_settles(spark, base):
     immediate = store.load(v1)  # checked in a pass of its own
     assert immediate.check is None
     immediate.unpersist()
+
+
+def test_load_without_cache_rereads_the_files(spark, base):
+    """A store on local disk says so; load(cache=False) leaves Spark's cache alone and every
+    pass reads the version's files, which give the same rows as a cached load."""
+    store = RepresentationStore(spark, str(base))
+    assert store.on_local_disk
+    v1 = store.publish(frame(spark, 1), W)
+    cached, direct = store.load(v1, deferred=True), store.load(v1, deferred=True, cache=False)
+    try:
+        assert cached.df.is_cached and not direct.df.is_cached
+        assert_df_equality(direct.df, cached.df, ignore_row_order=True)
+        assert np.array_equal(unpack_sorted(direct.df), BASE_X)
+    finally:
+        cached.unpersist()
