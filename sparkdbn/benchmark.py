@@ -135,6 +135,28 @@ def layer_spans(metrics: dict[str, Any]) -> list[tuple[float, float]]:
     return [(base + lg["started_at"], base + lg["finished_at"]) for lg in metrics["layers"]]
 
 
+def pipeline_timeline(metrics: list[dict[str, Any]]) -> dict[str, float]:
+    """Where a one-application-per-layer pipeline spends its makespan, for layers 0 and 1,
+    from their metrics.json documents (absolute clocks, so the applications line up):
+
+    - upper_start_delay: from layer 0's start until layer 1 starts training;
+    - layer0_seconds: layer 0's epochs, with its rough versions (written in or after them);
+    - final_publish: layer 0's last version, a pass with the final weights;
+    - upper_tail: from that version's commit until layer 1 is done (its load and last epochs).
+    """
+    (s0, e0), (s1, e1) = (layer_spans(m)[0] for m in metrics[:2])
+    publishes = metrics[0]["layers"][0]["publishes"]
+    final = publishes[-1]
+    committed = metrics[0]["run_started_unix"] + final["started_at"] + final["seconds"]
+    return {
+        "upper_start_delay_seconds": round(s1 - s0, 3),
+        "layer0_seconds": round(e0 - s0, 3),
+        "final_publish_seconds": final["seconds"],
+        "upper_tail_seconds": round(e1 - committed, 3),
+        "rough_versions": len(publishes) - 1,
+    }
+
+
 def write_parquet(path: Path, X: np.ndarray, partitions: int) -> None:
     """Rows in the project's Parquet layout (id, features, label 0), written with pyarrow so
     that numpy and Spark measure the very same rows without starting Spark here."""

@@ -34,6 +34,7 @@ def test_benchmark_measures_every_figure(fashion_parquet: Path, tmp_path: Path) 
     result = run_job(
         "benchmark", "--data", str(fashion_parquet / "train"), "--rows", str(rows),
         "--hidden", str(hidden), "--repeats", "1", "--epochs", "2", "--publish-every", "1",
+        "--layer-core-epochs", "3", "--layer-core-publish-every", "1",
         "--layers", f"784,{hidden},784", "--output", str(output),
         env={"TMPDIR": str(temp)},
     )
@@ -52,6 +53,14 @@ def test_benchmark_measures_every_figure(fashion_parquet: Path, tmp_path: Path) 
         out["sequential_1core_makespan_seconds"]
         / out["pipelined_1core_per_layer_makespan_seconds"],
     )
+    assert out["settings"]["layer_core_epochs"] == 3
+    timeline = out["per_layer_core_timeline"]
+    assert timeline["rough_versions"] == 2  # after epochs 1 and 2; the 3rd is the final one
+    assert 0 < timeline["upper_start_delay_seconds"] < timeline["layer0_seconds"]
+    for key in ("final_publish_seconds", "upper_tail_seconds"):
+        assert timeline[key] > 0, key
+    assert timeline["layer0_seconds"] + timeline["final_publish_seconds"] < out[
+        "pipelined_1core_per_layer_makespan_seconds"]
     assert set(out["driver_peak_rss_mb"]) == {"1x", "4x"}
     # References are timed in three windows around the Spark epochs; each figure is the median.
     assert set(out["reference_runs"]) == {
