@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -92,20 +93,32 @@ def _state_batch(part: int, result: StepResult, chunk: int) -> pa.RecordBatch:
     )
 
 
+def _run_step(
+    step: PartitionStep | EmittingStep,
+    state: np.ndarray,
+    seed_key: tuple[int, ...],
+    batches: Iterator[pa.RecordBatch],
+) -> tuple[int, Any] | None:
+    """In a task: `step` over all the partition's rows from a copy of `state`, with its seeded
+    generator; None for an empty partition. Returns the partition id and the step's result."""
+    from pyspark import TaskContext
+
+    table = pa.Table.from_batches(list(batches))
+    if table.num_rows == 0:
+        return None
+    part = TaskContext.get().partitionId()
+    rng = np.random.default_rng([*seed_key, part])
+    with task_blas_threads():
+        return part, step(table, state.copy(), rng)
+
+
 def _map_partitions(
     step: PartitionStep, state: np.ndarray, seed_key: tuple[int, ...], chunk: int
 ) -> Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]]:
     def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        from pyspark import TaskContext
-
-        table = pa.Table.from_batches(list(batches))
-        if table.num_rows == 0:
-            return
-        part = TaskContext.get().partitionId()
-        rng = np.random.default_rng([*seed_key, part])
-        with task_blas_threads():
-            result = step(table, state.copy(), rng)
-        yield _state_batch(part, result, chunk)
+        ran = _run_step(step, state, seed_key, batches)
+        if ran is not None:
+            yield _state_batch(*ran, chunk)
 
     return run
 
@@ -135,21 +148,24 @@ def _average_chunk(table: pa.Table) -> pa.Table:
     )
 
 
-def _average_states(table: pa.Table) -> RoundResult:
+def _average_states(table: pa.Table, size: int) -> RoundResult:
     """The averaged round from all partitions' STATE_SCHEMA rows (chunks in any order)."""
     chunks = table.column("chunk").to_numpy()
     reduced = [
         _average_chunk(table.filter(pa.array(chunks == c))).to_pylist()[0]
         for c in np.unique(chunks)
     ]
-    return _assemble(reduced)
+    return _assemble(reduced, size)
 
 
-def _assemble(reduced: list[dict]) -> RoundResult:
+def _assemble(reduced: list[dict], size: int) -> RoundResult:
+    """The averaged chunks, in order, as one state of `size` values."""
     if not reduced:
         raise ValueError("no partition had any rows")
     reduced.sort(key=lambda row: row["chunk"])
     new_state = np.concatenate([np.frombuffer(row["data"], "<f4") for row in reduced])
+    if new_state.size != size:
+        raise RuntimeError(f"averaged state has {new_state.size} values, expected {size}")
     first = reduced[0]
     return RoundResult(new_state.copy(), int(first["n"]), np.frombuffer(first["sums"], np.float64))
 
@@ -171,13 +187,9 @@ def average_round(
     chunk = chunk_length(state.size, partitions)
     mapped = data.mapInArrow(_map_partitions(step, state, seed_key, chunk), STATE_SCHEMA)
     if partitions * state.size * 4 <= GROUP_BYTES:
-        result = _average_states(mapped.toArrow())
-    else:
-        rows = mapped.groupBy("chunk").applyInArrow(_average_chunk, REDUCED_SCHEMA).collect()
-        result = _assemble([row.asDict() for row in rows])
-    if result.state.size != state.size:
-        raise RuntimeError(f"averaged state has {result.state.size} values, expected {state.size}")
-    return result
+        return _average_states(mapped.toArrow(), state.size)
+    rows = mapped.groupBy("chunk").applyInArrow(_average_chunk, REDUCED_SCHEMA).collect()
+    return _assemble([row.asDict() for row in rows], state.size)
 
 
 class _Collected(AccumulatorParam):
@@ -212,15 +224,10 @@ class EmittingRound:
         self._states = sc.accumulator([], _Collected())
 
     def batches(self, source: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        from pyspark import TaskContext
-
-        table = pa.Table.from_batches(list(source))
-        if table.num_rows == 0:
+        ran = _run_step(self._step, self.state, self._seed_key, source)
+        if ran is None:
             return
-        part = TaskContext.get().partitionId()
-        rng = np.random.default_rng([*self._seed_key, part])
-        with task_blas_threads():
-            result, rows = self._step(table, self.state.copy(), rng)
+        part, (result, rows) = ran
         sink = pa.BufferOutputStream()
         batch = _state_batch(part, result, self.state.size)
         with pa.ipc.new_stream(sink, batch.schema) as writer:
@@ -233,9 +240,4 @@ class EmittingRound:
         parts = [pa.ipc.open_stream(blob).read_all() for blob in self._states.value]
         if not parts:
             raise ValueError("no partition had any rows")
-        result = _average_states(pa.concat_tables(parts))
-        if result.state.size != self.state.size:
-            raise RuntimeError(
-                f"averaged state has {result.state.size} values, expected {self.state.size}"
-            )
-        return result
+        return _average_states(pa.concat_tables(parts), self.state.size)

@@ -85,7 +85,8 @@ def caches_versions(cfg: TrainConfig, store: RepresentationStore) -> bool:
 
 
 class _Input:
-    """A layer's view of the store below: the newest version, cached, with a reader lease."""
+    """A layer's view of the store below: the newest version, with a reader lease, kept in
+    Spark's cache when `cache`."""
 
     def __init__(
         self,
@@ -154,6 +155,39 @@ class _Stopped(Exception):
     """Another layer failed; this one stops at its next epoch boundary."""
 
 
+def _commit_version(
+    store: RepresentationStore,
+    trainer: LayerTrainer,
+    data: PackedData,
+    cfg: TrainConfig,
+    epoch: int,
+    batches,
+    final: bool = False,
+    in_epoch: bool = False,
+    before_commit=None,
+) -> None:
+    """Publish `data` through `batches` (rows to the layer's representation) as a version made
+    after `epoch`, collect old versions, and log the span.
+
+    Probabilities are stored uncompressed, because float noise does not compress and the codec
+    only costs time, while 0/1 samples compress well.
+    """
+    started_at, start = trainer.run.now(), time.perf_counter()
+    version = store.publish(
+        data.df,
+        trainer.n_hidden,
+        {"epoch": epoch, "final": final, **({"in_epoch": True} if in_epoch else {})},
+        batches=batches,
+        compression="none" if cfg.representation == "probabilities" else "snappy",
+        before_commit=before_commit,
+    )
+    if final:
+        store.mark_final(version)
+    store.collect_garbage()
+    seconds = round(time.perf_counter() - start, 3)
+    trainer.log.publishes.append(SpanRecord(version.number, started_at, seconds, epoch, in_epoch))
+
+
 def _publish(
     spark: SparkSession,
     store: RepresentationStore,
@@ -162,52 +196,25 @@ def _publish(
     cfg: TrainConfig,
     final: bool = False,
 ) -> None:
-    """Write the representation of `data` under the trainer's current weights as a version.
-
-    The transform runs inside the write; probabilities are stored uncompressed, because float
-    noise does not compress and the codec only costs time, while 0/1 samples compress well.
-    """
+    """Write the representation of `data` under the trainer's current weights as a version;
+    the transform runs inside the write."""
     seed_key = (cfg.seed, trainer.layer, trainer.epoch)
     text = f"layer {trainer.layer} · publish after epoch {trainer.epoch}"
-    started_at, start = trainer.run.now(), time.perf_counter()
+    batches = hidden_batches(trainer.params, cfg.representation, seed_key)
     with described(spark, text, trainer.pool):
-        version = store.publish(
-            data.df,
-            trainer.n_hidden,
-            {"epoch": trainer.epoch, "final": final},
-            batches=hidden_batches(trainer.params, cfg.representation, seed_key),
-            compression="none" if cfg.representation == "probabilities" else "snappy",
-        )
-    if final:
-        store.mark_final(version)
-    store.collect_garbage()
-    seconds = round(time.perf_counter() - start, 3)
-    trainer.log.publishes.append(SpanRecord(version.number, started_at, seconds, trainer.epoch))
+        _commit_version(store, trainer, data, cfg, trainer.epoch, batches, final=final)
 
 
 def _rough_publish(
-    spark: SparkSession,
-    store: RepresentationStore,
-    trainer: LayerTrainer,
-    data: PackedData,
-    cfg: TrainConfig,
+    store: RepresentationStore, trainer: LayerTrainer, data: PackedData, cfg: TrainConfig
 ) -> RoughPublish:
     """Publish the coming epoch's positive phase over `data` as a rough version."""
     epoch = trainer.epoch + 1
 
     def write(batches, before_commit) -> None:
-        started_at, start = trainer.run.now(), time.perf_counter()
-        version = store.publish(
-            data.df,
-            trainer.n_hidden,
-            {"epoch": epoch, "final": False, "in_epoch": True},
-            batches=batches,
-            compression="none" if cfg.representation == "probabilities" else "snappy",
-            before_commit=before_commit,
+        _commit_version(
+            store, trainer, data, cfg, epoch, batches, in_epoch=True, before_commit=before_commit
         )
-        store.collect_garbage()
-        seconds = round(time.perf_counter() - start, 3)
-        trainer.log.publishes.append(SpanRecord(version.number, started_at, seconds, epoch, True))
 
     return RoughPublish(cfg.representation == "sample", write)
 
@@ -281,7 +288,7 @@ def run_layer(
                 and trainer.can_publish_rough(current)
             )
             if rough:
-                publish = _rough_publish(spark, out_store, trainer, current, cfg)
+                publish = _rough_publish(out_store, trainer, current, cfg)
                 trainer.train_epoch(current, version, publish)
             else:
                 trainer.train_epoch(current, version)
