@@ -26,6 +26,10 @@ class LocalFS:
     def _os(path: str) -> str:
         return urlparse(path).path if path.startswith("file:") else path
 
+    def local_path(self, path: str) -> str:
+        """`path` as an operating-system path."""
+        return self._os(path)
+
     def list(self, path: str) -> list[str]:
         try:
             return os.listdir(self._os(path))
@@ -74,6 +78,12 @@ class HadoopFS:
     def is_local(self) -> bool:
         """Whether the paths are on this machine's own file system (file:)."""
         return self._fs.getUri().getScheme() == "file"
+
+    def local_path(self, path: str) -> str | None:
+        """`path` as an operating-system path, or None off the local file system."""
+        if not self.is_local:
+            return None
+        return str(self._fs.makeQualified(self._path(path)).toUri().getPath())
 
     def list(self, path: str) -> list[str]:
         p = self._path(path)

@@ -54,10 +54,11 @@ store.publish(df.mapInArrow(slow, df.schema), 2, {"k": 2})
 """
 
 # A writer under local[2,4] (Spark retries a task up to 4 times) whose transform, in
-# partition 1's first attempt, emits one batch and then fails: the accumulator the writing
-# tasks feed must count only the attempt that succeeded. Prints the marker and a read-back.
+# partition 1's first attempt, emits one batch and then fails: the tally must count only the
+# attempt that succeeded, whether the tasks write their files (and return their tally) or
+# Spark writes them (and the tasks feed an accumulator). Prints markers, read-backs and files.
 RETRIED_WRITER = """
-import json, sys
+import json, os, sys
 import numpy as np
 import pyarrow as pa
 from pyspark import TaskContext
@@ -85,11 +86,17 @@ def doubled_failing_once(batches):
         column = pa.BinaryArray.from_buffers(pa.binary(), n, [None, offsets, pa.py_buffer(x)])
         yield pa.RecordBatch.from_arrays([batch.column("id"), column], names=["id", "x"])
 
-store = RepresentationStore(spark, sys.argv[1])
-v = store.publish(df.repartition(2), 3, batches=doubled_failing_once)
-back = spark.read.parquet(v.path).collect()
-print(json.dumps({"n_rows": v.n_rows, "checksum": v.checksum, "verified": store.verify(v),
-                  "sum": float(sum(np.frombuffer(r["x"], np.float32).sum() for r in back))}))
+out = {}
+for task_writes in (True, False):
+    store = RepresentationStore(spark, f"{sys.argv[1]}/{task_writes}", task_writes=task_writes)
+    v = store.publish(df.repartition(2), 3, batches=doubled_failing_once)
+    back = spark.read.parquet(v.path).collect()
+    out[str(task_writes)] = {
+        "n_rows": v.n_rows, "checksum": v.checksum, "verified": store.verify(v),
+        "sum": float(sum(np.frombuffer(r["x"], np.float32).sum() for r in back)),
+        "files": sorted(os.listdir(v.path)),
+    }
+print(json.dumps(out))
 """
 
 
@@ -112,8 +119,9 @@ def base(tmp_path: Path) -> Path:
     return tmp_path / ".out.store" / "layer_0"
 
 
-def test_publish_latest_versions_read_and_load(spark, base):
-    store = RepresentationStore(spark, str(base))
+@pytest.mark.parametrize("task_writes", [True, False])
+def test_publish_latest_versions_read_and_load(spark, base, task_writes):
+    store = RepresentationStore(spark, str(base), task_writes=task_writes)
     assert store.latest() is None and store.versions() == []
     published = [store.publish(frame(spark, k), W, {"k": k}) for k in (1, 2, 3)]
 
@@ -143,10 +151,11 @@ def test_publish_latest_versions_read_and_load(spark, base):
         data.unpersist()
 
 
-def test_publish_tallies_what_its_tasks_write(spark, base):
+@pytest.mark.parametrize("task_writes", [True, False])
+def test_publish_tallies_what_its_tasks_write(spark, base, task_writes):
     """A transform given to publish runs in the writing tasks, which count and checksum what
     they write: the marker equals a read-back of the files. `compression` reaches Parquet."""
-    store = RepresentationStore(spark, str(base))
+    store = RepresentationStore(spark, str(base), task_writes=task_writes)
 
     def tripled(batches):
         for batch in batches:
@@ -171,9 +180,22 @@ def test_publish_tallies_what_its_tasks_write(spark, base):
         store.publish(frame(spark, 1), W + 1, batches=tripled)
 
 
+def test_both_writers_write_the_same_version(spark, base):
+    """Files written by the tasks read back as the same rows, schema and marker as Spark's."""
+    by_tasks = RepresentationStore(spark, str(base / "tasks"), task_writes=True)
+    by_spark = RepresentationStore(spark, str(base / "spark"), task_writes=False)
+    assert by_tasks.task_writes and not by_spark.task_writes
+    a, b = (store.publish(frame(spark, 2), W, {"k": 2}) for store in (by_tasks, by_spark))
+    assert (a.n_rows, a.checksum, a.schema, a.meta) == (b.n_rows, b.checksum, b.schema, b.meta)
+    assert_df_equality(by_tasks.read(a), by_spark.read(b), ignore_row_order=True)
+    inferred = spark.read.parquet(a.path)
+    assert inferred.schema == spark.read.parquet(b.path).schema
+
+
 def test_retried_tasks_are_tallied_once(tmp_path):
     """A writing task that fails after emitting rows is retried; its lost attempt leaves no
-    trace in the marker, which matches the files exactly (40 rows, every value doubled)."""
+    trace in the marker or the files, which match exactly (40 rows, every value doubled),
+    with either writer."""
     env = dict(os.environ, PYTHONPATH=str(REPO), PYSPARK_PYTHON=sys.executable)
     result = subprocess.run(
         [sys.executable, "-c", RETRIED_WRITER, str(tmp_path / "store")],
@@ -181,11 +203,15 @@ def test_retried_tasks_are_tallied_once(tmp_path):
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "injected fault: partition 1, first attempt" in result.stderr
-    got = json.loads(result.stdout.strip().splitlines()[-1])
+    written = json.loads(result.stdout.strip().splitlines()[-1])
     expected = float((np.arange(120, dtype=np.float32) / np.float32(7) * 2).sum(dtype=np.float64))
-    assert got["n_rows"] == 40 and got["verified"] is True
-    assert got["checksum"] == pytest.approx(expected, abs=1e-3)
-    assert got["sum"] == pytest.approx(expected, rel=1e-6)
+    for got in written.values():
+        assert got["n_rows"] == 40 and got["verified"] is True
+        assert got["checksum"] == pytest.approx(expected, abs=1e-3)
+        assert got["sum"] == pytest.approx(expected, rel=1e-6)
+    # The failed attempt removed its temporary file; the retry wrote the partition's file.
+    assert written["True"]["files"] == ["part-00000.parquet", "part-00001.parquet"]
+    assert "_SUCCESS" in written["False"]["files"]
 
 
 def test_local_file_system_without_jvm_helpers(spark, tmp_path):
@@ -232,8 +258,9 @@ def test_filesystem_choice(spark, tmp_path):
         filesystem(connect_like, "s3a://bucket/x")
 
 
-def test_failed_publish_commits_nothing(spark, base):
-    store = RepresentationStore(spark, str(base))
+@pytest.mark.parametrize("task_writes", [True, False])
+def test_failed_publish_commits_nothing(spark, base, task_writes):
+    store = RepresentationStore(spark, str(base), task_writes=task_writes)
     with pytest.raises(ValueError, match="binary 'x'"):
         store.publish(spark.range(3), W)
     assert store.versions() == [] and not base.exists()
@@ -311,7 +338,8 @@ def test_killed_writer_leaves_no_visible_version(spark, base, tmp_path):
     store = RepresentationStore(spark, str(base))
     (v1,) = store.versions()
     assert store.latest() == v1 and v1.number == 1 and v1.writer != store.writer
-    assert (base / "v-000002" / "_temporary").is_dir()  # Spark's write never committed
+    assert (base / "v-000002").is_dir()
+    assert not list((base / "v-000002").glob("part-*"))  # the write never finished a file
     assert store.verify(v1)
 
     v3 = store.publish(frame(spark, 3), W, {"k": 3})
