@@ -2,7 +2,8 @@
 
 `prepare` turns a DataFrame (or Parquet path) with a features column of `array<float>`,
 `array<double>` or pyspark.ml Vector into a cached DataFrame of `id`, optional `label`, and `x`
-(each row's float32 values as one binary value, see `sparkdbn.columns`). It reads the source
+(each row's float32 values as one binary value, see `sparkdbn.columns`); under a local master
+the rows are staged in local partition files instead (`sparkdbn.staging`). It reads the source
 once, validates the cached copy in one more pass, and raises `InputError` naming the column, an
 example row id and the offending value before anything is trained or written.
 """
@@ -20,9 +21,11 @@ from pyspark import StorageLevel
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
+from pyspark.sql.pandas.types import to_arrow_schema
 
 from sparkdbn.columns import features_to_numpy, pack_rows, unpack_rows
 from sparkdbn.errors import InputError
+from sparkdbn.staging import StagedParts, StagedRows, local_master, stage_directory, staging
 
 INTEGER_TYPES = (T.ByteType, T.ShortType, T.IntegerType, T.LongType)
 PACKED_ID = "id"
@@ -53,6 +56,7 @@ class PackedData:
     `partitions` is at least the number of non-empty partitions, which bounds the averaging's
     reduce groups. `check`, when set, is still owed: the first pass over the rows must count
     them and checksum them (`store.checksum_terms`), call `check.verify` and then clear it.
+    With `parts`, the rows are staged in local files (`sparkdbn.staging`) and `df` reads them.
     """
 
     df: DataFrame
@@ -62,9 +66,19 @@ class PackedData:
     has_label: bool
     max_label: int | None = None
     check: FirstPassCheck | None = None
+    parts: StagedParts | None = None
+
+    def rows(self, *columns: str) -> DataFrame | StagedRows:
+        """The columns, for a stage whose tasks need whole partitions: staged rows are read
+        by the task itself, cached ones come from Spark."""
+        if self.parts is None:
+            return self.df.select(*columns)
+        return self.parts.rows(self.df.sparkSession, list(columns))
 
     def unpersist(self) -> None:
         self.df.unpersist()
+        if self.parts is not None:
+            self.parts.release()
 
 
 def _explain(err: Exception) -> str:
@@ -288,8 +302,11 @@ def prepare(
     visible: str = "bernoulli",
     partitions: int | None = None,
     require_label: bool = False,
+    stage: bool | None = None,
 ) -> PackedData:
-    """Validate and cache a training set; nothing is written anywhere."""
+    """Validate and cache a training set: in Spark's cache, or with `stage` (by default when
+    the master is local) in local partition files (`sparkdbn.staging`) in the application's
+    scratch space. Nothing is written anywhere else."""
     df = read_source(spark, source)
     has_label = _check_schema(df, features_col, label_col, require_label)
     id_field = next((f for f in df.schema.fields if f.name == PACKED_ID), None)
@@ -304,24 +321,34 @@ def prepare(
         # order on every run, whatever order the shuffle fetched them in.
         df = df.repartition(partitions, PACKED_ID).sortWithinPartitions(PACKED_ID)
     out_schema = "id long, w int, x binary" + (", label long" if has_label else "")
-    packed = df.mapInArrow(
-        _pack_batches(features_col, label_col if has_label else None), out_schema
-    ).persist(StorageLevel.MEMORY_AND_DISK)
-    bernoulli = visible == "bernoulli"
+    pack = _pack_batches(features_col, label_col if has_label else None)
+    packed = df.mapInArrow(pack, out_schema)
+    check = _check_batches(visible == "bernoulli", has_label)
+    parts = None
+    stage = local_master(spark) if stage is None else stage
+    if stage:
+        directory = stage_directory(spark)
+        parts = StagedParts(directory, packed.rdd.getNumPartitions(), packed.schema.json())
+        check = staging(check, directory, to_arrow_schema(packed.schema))
+    else:
+        packed = packed.persist(StorageLevel.MEMORY_AND_DISK)
+    data = PackedData(packed, 0, 0, 0, has_label, parts=parts)
     try:
         # Spark reads lazily: a corrupt or truncated file shows up here, in the first pass.
-        rows = packed.mapInArrow(_check_batches(bernoulli, has_label), _CHECK_SCHEMA).collect()
+        rows = packed.mapInArrow(check, _CHECK_SCHEMA).collect()
     except Exception as err:
-        packed.unpersist()
+        data.unpersist()
         if _READ_FAILURE.search(str(err)) is None:
             raise
         raise _unreadable(source, err) from err
+    if parts is not None:
+        packed = parts.rows(spark).frame()
     try:
-        width = _raise_first_problem(rows, features_col, label_col, bernoulli)
+        width = _raise_first_problem(rows, features_col, label_col, visible == "bernoulli")
         if width is None:
             _raise_ragged_across_partitions(packed, features_col)
     except InputError:
-        packed.unpersist()
+        data.unpersist()
         raise
     return PackedData(
         df=packed,
@@ -330,4 +357,5 @@ def prepare(
         partitions=len({r["part"] for r in rows}),
         has_label=has_label,
         max_label=max((r["max_label"] for r in rows if r["max_label"] is not None), default=None),
+        parts=parts,
     )

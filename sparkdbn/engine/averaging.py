@@ -32,6 +32,7 @@ from pyspark.accumulators import AccumulatorParam
 from pyspark.sql import DataFrame
 
 from sparkdbn.engine.threads import task_blas_threads
+from sparkdbn.staging import StagedRows
 
 STATE_SCHEMA = "part int, chunk int, n long, sums binary, data binary"
 REDUCED_SCHEMA = "chunk int, n long, sums binary, data binary"
@@ -171,7 +172,7 @@ def _assemble(reduced: list[dict], size: int) -> RoundResult:
 
 
 def average_round(
-    data: DataFrame,
+    data: DataFrame | StagedRows,
     state: np.ndarray,
     step: PartitionStep,
     seed_key: tuple[int, ...],

@@ -87,7 +87,7 @@ def finetune(
         start = time.perf_counter()
         with described(spark, f"{name} · epoch {epoch + 1}"):
             result = average_round(
-                data.df.select(PACKED_X, PACKED_LABEL),
+                data.rows(PACKED_X, PACKED_LABEL),
                 state,
                 failing_first_attempt(mlp_step(sizes, epoch_cfg), fail_partitions),
                 (*seed_key, epoch),

@@ -215,7 +215,7 @@ class LayerTrainer:
             if publish is None:
                 step = rbm_step(self.n_visible, self.n_hidden, cfg, checksum)
                 result = average_round(
-                    data.df.select(PACKED_X), self.state,
+                    data.rows(PACKED_X), self.state,
                     failing_first_attempt(step, self.fail_partitions), seed_key, data.partitions,
                 )
                 self._check(result, data)

@@ -35,7 +35,7 @@ import numpy as np
 from pyspark.sql import SparkSession
 
 from sparkdbn.config import TrainConfig, tie_plan
-from sparkdbn.data import PackedData
+from sparkdbn.data import PACKED_ID, PACKED_LABEL, PACKED_X, PackedData
 from sparkdbn.engine.checkpoint import Checkpoint
 from sparkdbn.engine.jobinfo import described
 from sparkdbn.engine.pretrain import initial_params, layer_trainer, pretrain_sequential
@@ -173,8 +173,9 @@ def _commit_version(
     only costs time, while 0/1 samples compress well.
     """
     started_at, start = trainer.run.now(), time.perf_counter()
+    columns = [PACKED_ID, PACKED_X] + ([PACKED_LABEL] if data.has_label else [])
     version = store.publish(
-        data.df,
+        data.rows(*columns),
         trainer.n_hidden,
         {"epoch": epoch, "final": final, **({"in_epoch": True} if in_epoch else {})},
         batches=batches,

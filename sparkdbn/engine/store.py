@@ -40,7 +40,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 from pyspark import StorageLevel
 from pyspark.accumulators import Accumulator, AccumulatorParam
 from pyspark.sql import DataFrame, SparkSession
@@ -51,19 +50,21 @@ from sparkdbn.columns import unpack_rows
 from sparkdbn.data import PACKED_ID, PACKED_LABEL, PACKED_X, PackedData
 from sparkdbn.engine.filesystem import HadoopFS, filesystem
 from sparkdbn.engine.jobinfo import spark_context
+from sparkdbn.staging import Batches, PartWriter, StagedParts, StagedRows
 
 VERSIONS_DIR = "_versions"
 LEASES_DIR = "_leases"
 FINAL_MARKER = "FINAL.json"
 _DATA_NAME = re.compile(r"^v-(\d+)$")
 _MARKER_NAME = re.compile(r"^v-(\d+)\.json$")
+_PART_NAME = re.compile(r"^part-(\d+)\.parquet$")
 _READER_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
 # Checksum resolution: every value is rounded to a multiple of 2**-20 and the rounded values are
 # added as integers, so the sum is exact and independent of partitioning and batch order.
 _CHECKSUM_SCALE = 2**20
 _STATS_SCHEMA = "n long, total long"
 
-Batches = Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]]
+Rows = DataFrame | StagedRows  # what a stage runs over: Spark's rows or staged partitions
 
 
 @dataclass(frozen=True)
@@ -128,7 +129,7 @@ def _stats_batches(width: int):
     return run
 
 
-def _stats(df: DataFrame, width: int) -> tuple[int, float, int]:
+def _stats(df: Rows, width: int) -> tuple[int, float, int]:
     """Rows, checksum and number of non-empty partitions of a packed DataFrame, in one pass."""
     rows = df.select(PACKED_X).mapInArrow(_stats_batches(width), _STATS_SCHEMA).collect()
     n = sum(r["n"] for r in rows)
@@ -171,34 +172,19 @@ class _TaskFiles:
         they come; it returns the partition's row count and checksum terms (_STATS_SCHEMA)."""
 
         def run(source: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-            from pyspark import TaskContext
-
-            context = TaskContext.get()
-            name = f"part-{context.partitionId():05d}.parquet"
-            tmp = os.path.join(self.directory, f".{name}.{context.taskAttemptId()}.tmp")
-            plain = [f.name for f in self.schema if f.name != PACKED_X]
-            n, total, out = 0, 0, None
+            writer = PartWriter(self.directory, self.schema, self.compression)
+            n, total = 0, 0
             try:
                 for batch in batches(source):
-                    if not batch.num_rows:
-                        continue
-                    table = pa.Table.from_batches([batch]).select(self.schema.names)
-                    X = unpack_rows(table.column(PACKED_X), width)
-                    n, total = n + X.shape[0], total + checksum_terms(X)
-                    if out is None:
-                        out = pq.ParquetWriter(
-                            tmp, self.schema, compression=self.compression,
-                            use_dictionary=plain, write_statistics=plain,
-                        )
-                    out.write_table(table.cast(self.schema))
+                    if batch.num_rows:
+                        table = pa.Table.from_batches([batch])
+                        X = unpack_rows(table.column(PACKED_X), width)
+                        n, total = n + X.shape[0], total + checksum_terms(X)
+                        writer.write(table)
             except BaseException:
-                if out is not None:
-                    out.close()
-                    os.remove(tmp)
+                writer.abort()
                 raise
-            if out is not None:
-                out.close()
-                os.replace(tmp, os.path.join(self.directory, name))
+            if writer.commit():
                 yield pa.RecordBatch.from_pydict(
                     {"n": pa.array([n], pa.int64()), "total": pa.array([total], pa.int64())}
                 )
@@ -283,7 +269,7 @@ class RepresentationStore:
 
     def publish(
         self,
-        df: DataFrame,
+        df: Rows,
         width: int,
         meta: dict | None = None,
         batches: Batches | None = None,
@@ -332,7 +318,7 @@ class RepresentationStore:
         return self._read_version(number)
 
     def _write_in_tasks(
-        self, df: DataFrame, path: str, width: int, batches: Batches | None, compression: str
+        self, df: Rows, path: str, width: int, batches: Batches | None, compression: str
     ) -> tuple[int, float]:
         """Each task writes its partition's file with pyarrow and returns its tally."""
         directory = self._fs.local_path(path)
@@ -343,7 +329,7 @@ class RepresentationStore:
         return sum(r["n"] for r in rows), checksum_of(sum(r["total"] for r in rows))
 
     def _write_with_spark(
-        self, df: DataFrame, path: str, width: int, batches: Batches | None, compression: str
+        self, df: Rows, path: str, width: int, batches: Batches | None, compression: str
     ) -> tuple[int, float]:
         """Spark writes; the tasks tally into an accumulator (read back without one)."""
         sc = spark_context(self.spark)
@@ -352,6 +338,8 @@ class RepresentationStore:
             batches = _tallied(batches, width, tally)
         if batches is not None:
             df = df.mapInArrow(batches, df.schema)
+        elif isinstance(df, StagedRows):
+            df = df.frame()
         # "error", not its alias "errorifexists", which the Spark Connect client rejects
         df.write.mode("error").option("compression", compression).parquet(path)
         if tally is None:
@@ -467,8 +455,20 @@ class RepresentationStore:
         `data.prepare` does, so a reload partitions them the same way. With `deferred` (and a
         SparkContext, to count partitions without a pass), nothing is read yet: the data
         carries a `PendingCheck` that its first pass must settle. With `cache`, the rows are
-        kept in Spark's cache (filled by the first pass); without, every pass reads the files.
+        kept in Spark's cache (filled by the first pass); without, every pass reads the files,
+        and where this store's tasks wrote them, the reading tasks map their partition's file
+        themselves (`sparkdbn.staging`, one partition per file).
         """
+        staged = None if cache or partitions is not None else self._staged(version)
+        if staged is not None:
+            if not deferred:
+                n_rows, checksum, _ = _stats(staged.rows(self.spark), version.width)
+                PendingCheck(version).verify(n_rows, checksum)
+            return PackedData(
+                staged.rows(self.spark).frame(), version.width, version.n_rows,
+                staged.partitions, PACKED_LABEL in staged.struct.names,
+                check=PendingCheck(version) if deferred else None, parts=staged,
+            )
         df = self.read(version)
         if partitions is not None:
             df = df.repartition(partitions, PACKED_ID).sortWithinPartitions(PACKED_ID)
@@ -488,6 +488,18 @@ class RepresentationStore:
             df.unpersist()
             raise
         return PackedData(df, version.width, n_rows, parts, has_label)
+
+    def _staged(self, version: Version) -> StagedParts | None:
+        """The version's files as staged partitions, when its tasks wrote them here: one
+        `part-NNNNN.parquet` per partition, which the reading tasks map themselves."""
+        if not self.task_writes or not version.schema:
+            return None
+        names = self._fs.list(version.path)
+        found = [int(m.group(1)) for m in map(_PART_NAME.match, names) if m]
+        if not found or len(found) != sum(not n.startswith((".", "_")) for n in names):
+            return None
+        directory = self._fs.local_path(version.path)
+        return StagedParts(directory, max(found) + 1, version.schema, owned=False)
 
     def verify(self, version: Version) -> bool:
         """Whether the version's Parquet data still has the marker's row count and checksum."""

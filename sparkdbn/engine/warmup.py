@@ -58,7 +58,7 @@ def warm_up(
             params = RBMParams.init(n_visible, n_hidden, rng)
             step = rbm_step(n_visible, n_hidden, cfg, checksum=data.check is not None)
             average_round(
-                data.df.select(PACKED_X), initial_state(params), step, (0,), data.partitions
+                data.rows(PACKED_X), initial_state(params), step, (0,), data.partitions
             )
         finally:
             data.unpersist()
