@@ -8,12 +8,14 @@ import numpy as np
 import pyarrow as pa
 from pyspark import StorageLevel
 from pyspark.sql import DataFrame
+from pyspark.sql.pandas.types import to_arrow_schema
 
 from sparkdbn.columns import pack_rows, unpack_rows
 from sparkdbn.config import REPRESENTATIONS
 from sparkdbn.data import PACKED_ID, PACKED_LABEL, PACKED_X, PackedData
 from sparkdbn.engine.threads import task_blas_threads
 from sparkdbn.kernels.rbm import DTYPE, RBMParams, hidden_probs, sample_bernoulli
+from sparkdbn.staging import StagedParts, stage_directory, written
 
 
 def hidden_batches(params: RBMParams, mode: str, seed_key: tuple[int, ...]):
@@ -54,9 +56,33 @@ def hidden_frame(
 def transform_cached(
     data: PackedData, params: RBMParams, mode: str, seed_key: tuple[int, ...]
 ) -> PackedData:
-    """The next layer's training set, cached in Spark (the sequential schedule's hand-off)."""
+    """The next layer's training set, cached in Spark (the sequential schedule's hand-off), or
+    staged in local partition files like `data` when it is staged (`sparkdbn.staging`)."""
+    if data.parts is not None:
+        return _transform_staged(data, params, mode, seed_key)
     out = hidden_frame(data.df, params, mode, seed_key).persist(StorageLevel.MEMORY_AND_DISK)
     n_rows = out.count()
     return PackedData(
         out, params.n_hidden, n_rows, data.partitions, data.has_label, data.max_label
+    )
+
+
+def _transform_staged(
+    data: PackedData, params: RBMParams, mode: str, seed_key: tuple[int, ...]
+) -> PackedData:
+    """The tasks transform their staged partition and write the result as a new one."""
+    spark = data.df.sparkSession
+    rows = data.rows(*[c for c in (PACKED_ID, PACKED_X, PACKED_LABEL) if c in data.df.columns])
+    directory = stage_directory(spark)
+    parts = StagedParts(directory, data.parts.partitions, rows.schema.json())
+    transform = hidden_batches(params, mode, seed_key)
+    batches = written(transform, directory, to_arrow_schema(rows.schema))
+    try:
+        n_rows = sum(r["n"] for r in rows.mapInArrow(batches, "n long").collect())
+    except BaseException:
+        parts.release()
+        raise
+    return PackedData(
+        parts.rows(spark).frame(), params.n_hidden, n_rows, data.partitions, data.has_label,
+        data.max_label, parts=parts,
     )

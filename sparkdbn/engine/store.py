@@ -499,7 +499,9 @@ class RepresentationStore:
         if not found or len(found) != sum(not n.startswith((".", "_")) for n in names):
             return None
         directory = self._fs.local_path(version.path)
-        return StagedParts(directory, max(found) + 1, version.schema, owned=False)
+        return StagedParts(
+            directory, max(found) + 1, version.schema, owned=False, suffix=".parquet"
+        )
 
     def verify(self, version: Version) -> bool:
         """Whether the version's Parquet data still has the marker's row count and checksum."""

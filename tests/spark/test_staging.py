@@ -80,6 +80,33 @@ def test_staged_rows_train_like_cached_rows(spark, X, partitions) -> None:
     assert not os.path.exists(staged.parts.directory)
 
 
+def test_a_staged_hand_off_matches_the_cached_one(spark, X) -> None:
+    """The sequential hand-off of staged data is staged too, with the same rows in the same
+    order, sampled states included (they are seeded by partition)."""
+    from sparkdbn.engine.representation import transform_cached
+
+    params = RBMParams.init(D, H, np.random.default_rng(4), scale=0.5)
+    staged = prepare(spark, frame(spark, X), partitions=3)
+    cached = prepare(spark, frame(spark, X), partitions=3, stage=False)
+    upper = [transform_cached(d, params, "sample", (5, 0, 2)) for d in (staged, cached)]
+    try:
+        assert upper[0].parts is not None and upper[1].parts is None
+        assert (upper[0].n_rows, upper[0].width, upper[0].partitions) == (N, H, 3)
+        assert_df_equality(upper[0].df, upper[1].df)
+        assert np.array_equal(trained_upper(spark, upper[0]), trained_upper(spark, upper[1]))
+    finally:
+        for d in (*upper, staged, cached):
+            d.unpersist()
+    assert not os.path.exists(upper[0].parts.directory)
+
+
+def trained_upper(spark, data: PackedData) -> np.ndarray:
+    params = RBMParams.init(H, 3, np.random.default_rng(1), scale=0.1)
+    t = LayerTrainer(spark, 1, params, CFG, 5, 1, RunLog("x", out=io.StringIO()))
+    t.train_epoch(data)
+    return t.state
+
+
 def test_bad_input_leaves_no_staged_files(spark, X) -> None:
     before = staged_dirs()
     bad = X.copy()
