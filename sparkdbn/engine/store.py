@@ -62,6 +62,7 @@ _READER_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
 # Checksum resolution: every value is rounded to a multiple of 2**-20 and the rounded values are
 # added as integers, so the sum is exact and independent of partitioning and batch order.
 _CHECKSUM_SCALE = 2**20
+_CHECKSUM_BLOCK = 1 << 16  # floats per block: 256 KB, within a core's cache
 _STATS_SCHEMA = "n long, total long"
 
 Rows = DataFrame | StagedRows  # what a stage runs over: Spark's rows or staged partitions
@@ -88,8 +89,19 @@ class CorruptVersionError(OSError):
 
 def checksum_terms(X: np.ndarray) -> int:
     """The exact integer sum of X's values rounded to multiples of 1 / _CHECKSUM_SCALE; the
-    terms of all rows, added, give the checksum a marker records (`checksum_of`)."""
-    return int(np.rint(X * np.float32(_CHECKSUM_SCALE)).sum(dtype=np.int64))
+    terms of all rows, added, give the checksum a marker records (`checksum_of`).
+
+    Works through X in blocks of one reused buffer: temporaries the size of X (240 MB for a
+    60,000 × 500 version) cost more in fresh pages than the arithmetic."""
+    flat = np.ascontiguousarray(X, np.float32).reshape(-1)
+    buffer = np.empty(min(flat.size, _CHECKSUM_BLOCK), np.float32)
+    total = 0
+    for start in range(0, flat.size, _CHECKSUM_BLOCK):
+        block = flat[start : start + _CHECKSUM_BLOCK]
+        out = buffer[: block.size]
+        np.rint(np.multiply(block, np.float32(_CHECKSUM_SCALE), out=out), out=out)
+        total += int(out.sum(dtype=np.int64))
+    return total
 
 
 def checksum_of(terms: int) -> float:
