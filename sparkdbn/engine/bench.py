@@ -34,7 +34,8 @@ def replicated(spark: SparkSession, path: str, times: int):
 def spark_epoch_seconds(
     spark: SparkSession, data: PackedData, n_hidden: int, cfg: CDConfig, repeats: int
 ) -> float:
-    """Median seconds of one engine epoch on cached data, after one warm-up epoch."""
+    """Median seconds of one engine epoch on prepared data (cached, or staged under a local
+    master), after one warm-up epoch."""
     params = RBMParams.init(data.width, n_hidden, np.random.default_rng(0))
     trainer = LayerTrainer(spark, 0, params, cfg, 0, repeats + 1, RunLog("bench", io.StringIO()))
     trainer.train_epoch(data)
@@ -56,7 +57,7 @@ def makespan(
     spark: SparkSession, path: str, layers: list[int], schedule: str, epochs: int,
     partitions: int, store: Path, **settings,
 ) -> float:
-    """Pretraining makespan of one schedule (data cached before the clock starts)."""
+    """Pretraining makespan of one schedule (data prepared before the clock starts)."""
     cfg = TrainConfig(
         layers=layers, schedule=schedule, epochs=epochs, partitions=partitions, **settings
     ).validate()
