@@ -30,6 +30,9 @@ from pyspark.sql.pandas.types import to_arrow_schema
 
 Batches = Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]]
 STAGED_SUFFIX = ".arrow"
+# A staged partition is one record batch up to this size, so readers use it in place; larger
+# ones keep their batches, which a reader's numpy view then concatenates.
+ONE_BATCH_BYTES = (1 << 31) - 1
 
 
 def part_name(part: int, suffix: str = ".parquet") -> str:
@@ -87,9 +90,10 @@ class PartWriter:
 
 
 class StagedWriter:
-    """One task's staged partition: an Arrow IPC file of one record batch, so a reader maps
-    the rows' buffers straight from the page cache, without decoding or copying them. Tables
-    are kept until `commit`, which writes the file and renames it into place."""
+    """One task's staged partition: an Arrow IPC file of one record batch (up to
+    ONE_BATCH_BYTES), so a reader maps the rows' buffers straight from the page cache,
+    without decoding or copying them. Tables are kept until `commit`, which writes the file
+    and renames it into place."""
 
     def __init__(self, directory: str, schema: pa.Schema) -> None:
         from pyspark import TaskContext
@@ -108,11 +112,13 @@ class StagedWriter:
         """Put the file in place; False (and no file) if nothing was written."""
         if not self._tables:
             return False
-        table = pa.concat_tables(self._tables).combine_chunks()
+        table = pa.concat_tables(self._tables)
         self._tables = []
+        if table.nbytes < ONE_BATCH_BYTES:  # beyond, binary offsets (int32) would overflow
+            table = table.combine_chunks()
         try:
             with pa.OSFile(self._tmp, "wb") as sink, pa.ipc.new_file(sink, self.schema) as out:
-                out.write_table(table, max_chunksize=max(table.num_rows, 1))
+                out.write_table(table)
             os.replace(self._tmp, self.path)
         except BaseException:
             if os.path.exists(self._tmp):
