@@ -185,21 +185,20 @@ class _TaskFiles:
 
         def run(source: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
             writer = PartWriter(self.directory, self.schema, self.compression)
-            n, total = 0, 0
-            try:
+
+            def kept() -> Iterator[pa.RecordBatch]:
                 for batch in batches(source):
                     if batch.num_rows:
-                        table = pa.Table.from_batches([batch])
-                        X = unpack_rows(table.column(PACKED_X), width)
-                        n, total = n + X.shape[0], total + checksum_terms(X)
-                        writer.write(table)
+                        writer.write(pa.Table.from_batches([batch]))
+                        yield batch
+
+            try:
+                tally = list(_stats_batches(width)(kept()))
             except BaseException:
                 writer.abort()
                 raise
-            if writer.commit():
-                yield pa.RecordBatch.from_pydict(
-                    {"n": pa.array([n], pa.int64()), "total": pa.array([total], pa.int64())}
-                )
+            writer.commit()
+            yield from tally
 
         return run
 
