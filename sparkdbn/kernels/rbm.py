@@ -200,77 +200,96 @@ def reconstruction_sq_error(params: RBMParams, v: np.ndarray, visible: Visible) 
 
 
 class _Buffers:
-    """Scratch arrays for one mini-batch size, reused across batches to avoid allocation."""
+    """Scratch arrays for one mini-batch size, reused across batches: no allocation per batch.
 
-    def __init__(self, batch: int, n_v: int, n_h: int) -> None:
-        self.h_prob = np.empty((batch, n_h), DTYPE)
+    The data rows v0 and the negative rows vk sit one above the other in `pair_v`, and h0 and
+    hk likewise in `pair_h`, so the weight gradient is a single product pair_vᵀ·pair_h, with
+    the learning rate, 1/n and hk's minus sign folded into the (small) hidden rows first.
+    """
+
+    def __init__(self, batch: int, n_v: int, n_h: int, with_decay: bool) -> None:
+        self.v = np.empty((2 * batch, n_v), DTYPE)
+        self.h = np.empty((2 * batch, n_h), DTYPE)
         self.h_sample = np.empty((batch, n_h), DTYPE)
-        self.v_neg = np.empty((batch, n_v), DTYPE)
-        self.v_noise = np.empty((batch, n_v), DTYPE)
-        self.h_neg = np.empty((batch, n_h), DTYPE)
+        self.v_spare = np.empty((batch, n_v), DTYPE)
         self.dW = np.empty((n_v, n_h), DTYPE)
+        self.decay = np.empty((n_v, n_h), DTYPE) if with_decay else None
 
-    def view(self, n: int) -> _Buffers:
-        if n == self.h_prob.shape[0]:
-            return self
-        short = object.__new__(_Buffers)
-        for name in ("h_prob", "h_sample", "v_neg", "v_noise", "h_neg"):
-            setattr(short, name, getattr(self, name)[:n])
-        short.dW = self.dW
-        return short
+    def rows(self, n: int) -> _BatchViews:
+        return _BatchViews(self, n)
+
+
+class _BatchViews:
+    """The buffers cut to a batch of n rows (all but the last batch are full)."""
+
+    def __init__(self, buf: _Buffers, n: int) -> None:
+        self.pair_v, self.pair_h = buf.v[: 2 * n], buf.h[: 2 * n]
+        self.v0, self.vk = self.pair_v[:n], self.pair_v[n:]
+        self.h0, self.hk = self.pair_h[:n], self.pair_h[n:]
+        self.h_sample, self.v_spare = buf.h_sample[:n], buf.v_spare[:n]
+        self.dW, self.decay = buf.dW, buf.decay
+
+
+def _sq_dist(a: np.ndarray, b: np.ndarray, scratch: np.ndarray) -> float:
+    """Σ (a - b)², accumulated in float64."""
+    diff = np.subtract(a, b, out=scratch)
+    return float(np.einsum("ij,ij->", diff, diff, dtype=np.float64))
 
 
 def _cd_batch(
     params: RBMParams,
     velocity: RBMParams,
-    v0: np.ndarray,
     cfg: CDConfig,
     rng: np.random.Generator,
-    buf: _Buffers,
+    buf: _BatchViews,
     positive: Callable[[np.ndarray, np.ndarray], None] | None = None,
 ) -> float:
-    """One CD-k update on a mini-batch; returns its squared reconstruction error sum.
+    """One CD-k update on the mini-batch in `buf.v0`; returns its squared reconstruction error.
 
     The chain is v0 → h0 ~ P(h|v0) → v1 → … → vk, with hidden states sampled and visible
     states either sampled (`sample_visible`) or mean-field (Hinton's rbm.m). Statistics use
     hidden probabilities, which lowers variance without biasing the CD estimate. `positive`,
     if given, sees the positive phase (probabilities h0 and the sampled states) before the update.
     """
-    n = v0.shape[0]
-    h0 = hidden_probs(params, v0, out=buf.h_prob)
+    v0, vk, h0, hk = buf.v0, buf.vk, buf.h0, buf.hk
+    hidden_probs(params, v0, out=h0)
     h_state = sample_bernoulli(h0, rng, out=buf.h_sample)
     if positive is not None:
         positive(h0, h_state)
     recon_err = 0.0
     for step in range(cfg.k):
-        vk = visible_mean(params, h_state, cfg.visible, out=buf.v_neg)
-        if step == 0:
-            diff = np.subtract(vk, v0, out=buf.v_noise)
-            recon_err = float(np.einsum("ij,ij->", diff, diff, dtype=np.float64))
         if cfg.sample_visible:
-            vk = sample_visible(vk, cfg.visible, rng, out=buf.v_noise)
-        hk = hidden_probs(params, vk, out=buf.h_neg)
+            mean = visible_mean(params, h_state, cfg.visible, out=buf.v_spare)
+            if step == 0:
+                recon_err = _sq_dist(mean, v0, scratch=vk)
+            sample_visible(mean, cfg.visible, rng, out=vk)
+        else:
+            visible_mean(params, h_state, cfg.visible, out=vk)
+            if step == 0:
+                recon_err = _sq_dist(vk, v0, scratch=buf.v_spare)
+        hidden_probs(params, vk, out=hk)
         if step < cfg.k - 1:
             h_state = sample_bernoulli(hk, rng, out=buf.h_sample)
 
-    scale = DTYPE(1.0 / n)
-    # dW = (v0ᵀ h0 - vkᵀ hk) / n, written into one buffer without temporaries.
-    dW = np.matmul(v0.T, h0, out=buf.dW)
-    dW -= vk.T @ hk
-    dW *= scale
-    dvb = (v0.sum(axis=0, dtype=DTYPE) - vk.sum(axis=0, dtype=DTYPE)) * scale
-    dhb = (h0.sum(axis=0, dtype=DTYPE) - hk.sum(axis=0, dtype=DTYPE)) * scale
+    # Update steps lr·grad: lr·(v0 - vk)/n, lr·(h0 - hk)/n and lr·(v0ᵀh0 - vkᵀhk)/n.
+    step_scale = DTYPE(cfg.learning_rate / v0.shape[0])
+    dvb = v0.sum(axis=0, dtype=DTYPE) - vk.sum(axis=0, dtype=DTYPE)
+    dvb *= step_scale
+    h0 *= step_scale
+    hk *= -step_scale
+    dhb = buf.pair_h.sum(axis=0, dtype=DTYPE)
+    dW = np.matmul(buf.pair_v.T, buf.pair_h, out=buf.dW)
+    if buf.decay is not None:
+        dW -= np.multiply(params.W, DTYPE(cfg.learning_rate * cfg.weight_decay), out=buf.decay)
 
-    lr, mom = DTYPE(cfg.learning_rate), DTYPE(cfg.momentum)
-    if cfg.weight_decay:
-        dW -= DTYPE(cfg.weight_decay) * params.W
-    for vel, grad, par in (
+    mom = DTYPE(cfg.momentum)
+    for vel, delta, par in (
         (velocity.W, dW, params.W),
         (velocity.vbias, dvb, params.vbias),
         (velocity.hbias, dhb, params.hbias),
     ):
         vel *= mom
-        vel += lr * grad
+        vel += delta
         par += vel
     return recon_err
 
@@ -307,16 +326,19 @@ def cd_epoch(
         return stats
     order = rng.permutation(n_rows) if shuffle else None
     batch = min(cfg.batch_size, n_rows)
-    buf = _Buffers(batch, params.n_visible, params.n_hidden)
-    v0 = np.empty((batch, params.n_visible), DTYPE)
+    buf = _Buffers(batch, params.n_visible, params.n_hidden, with_decay=cfg.weight_decay > 0)
     for start in range(0, n_rows, batch):
         stop = min(start + batch, n_rows)
-        rows = slice(start, stop) if order is None else order[start:stop]
-        vb = X[rows] if order is None else np.take(X, rows, axis=0, out=v0[: stop - start])
+        views = buf.rows(stop - start)
+        if order is None:
+            rows: slice | np.ndarray = slice(start, stop)
+            np.copyto(views.v0, X[rows])
+        else:
+            rows = order[start:stop]
+            # Indices come from a permutation: mode="clip" skips take's bounds-checking copy.
+            np.take(X, rows, axis=0, out=views.v0, mode="clip")
         positive = None if hidden_out is None else _row_writer(hidden_out, rows, hidden_sample)
-        stats.recon_sq_error += _cd_batch(
-            params, velocity, vb, cfg, rng, buf.view(stop - start), positive
-        )
+        stats.recon_sq_error += _cd_batch(params, velocity, cfg, rng, views, positive)
     return stats
 
 

@@ -377,13 +377,14 @@ def test_cd_config_rejects_invalid_values(field: str, value: object) -> None:
     [("bernoulli", False), ("bernoulli", True), ("gaussian", False), ("gaussian", True)],
 )
 def test_velocity_recursion_with_momentum_and_weight_decay(visible: str, sampled: bool) -> None:
-    """Two shuffled CD-1 batches follow v ← m·v + lr·(grad - wd·W), θ ← θ + v, recomputed in
-    float64 from the same random draws (replayed from an identically seeded Generator: the
-    permutation, then per batch the h0 uniforms and, if sampled, the visible noise). The epoch's
-    reconstruction error is that of the sampled-h0 reconstruction, as in Hinton's rbm.m."""
+    """Three shuffled CD-1 batches (4, 4 and a short 2 rows) follow v ← m·v + lr·(grad - wd·W),
+    θ ← θ + v, recomputed in float64 from the same random draws (replayed from an identically
+    seeded Generator: the permutation, then per batch the h0 uniforms and, if sampled, the
+    visible noise). The epoch's reconstruction error is that of the sampled-h0 reconstruction,
+    as in Hinton's rbm.m."""
     params = _random_params(5, 3, 1.0, seed=14)
     r = np.random.default_rng(14)
-    X = r.random((8, 5)) < 0.5 if visible == "bernoulli" else r.standard_normal((8, 5))
+    X = r.random((10, 5)) < 0.5 if visible == "bernoulli" else r.standard_normal((10, 5))
     X = X.astype(DTYPE)
     lr, mom, wd = 0.05, 0.5, 0.1
     cfg = CDConfig(
@@ -402,7 +403,7 @@ def test_velocity_recursion_with_momentum_and_weight_decay(visible: str, sampled
     theta = [a.astype(np.float64) for a in (params.W, params.vbias, params.hbias)]
     vel = [np.zeros_like(a) for a in theta]
     recon_sq_error = 0.0  # per batch, before its update, from the sampled-h0 reconstruction
-    for rows in np.split(rng.permutation(len(X)), 2):
+    for rows in np.split(rng.permutation(len(X)), [4, 8]):
         W, b, c = theta
         v0 = X[rows].astype(np.float64)
         h0 = _sigmoid(v0 @ W + c)
