@@ -63,6 +63,11 @@ def build_parser() -> JobParser:
         "--layer-core-publish-every", type=int, default=5,
         help="epochs between rough versions in the one-core-per-layer comparison (default 5)",
     )
+    parser.add_argument(
+        "--layer-core-repeats", type=int,
+        help="sequential/pipelined pairs in the one-core-per-layer comparison (default: "
+        "--repeats); each pair takes about 4 minutes at the default sizes",
+    )
     parser.add_argument("--output", help="also write the JSON here")
     parser.add_argument(
         "--if-exists",
@@ -109,7 +114,30 @@ def _pinned(core: int) -> list[str]:
 
 
 def _per_layer_core(args: argparse.Namespace, data: str, layers: list[int]) -> dict:
-    """Sequential greedy on one core vs pipelined with one single-core application per layer.
+    """Sequential greedy on one core vs pipelined with one single-core application per layer,
+    in `--layer-core-repeats` interleaved pairs; the figure is the ratio of the medians, the
+    timeline that of the median pipelined run."""
+    pairs = [_layer_core_pair(args, data, layers) for _ in range(args.layer_core_repeats)]
+    sequential = statistics.median(seq for seq, _, _ in pairs)
+    pipelined = statistics.median(pipe for _, pipe, _ in pairs)
+    _, _, metrics = sorted(pairs, key=lambda pair: pair[1])[(len(pairs) - 1) // 2]
+    return {
+        "sequential_1core_makespan_seconds": sequential,
+        "pipelined_1core_per_layer_makespan_seconds": pipelined,
+        "pipelined_speedup_per_layer_core": sequential / pipelined,
+        "per_layer_core_pinned": bool(_pinned(0)),
+        "per_layer_core_timeline": bm.pipeline_timeline(metrics),
+        "per_layer_core_runs": {
+            "sequential": [round(seq, 3) for seq, _, _ in pairs],
+            "pipelined": [round(pipe, 3) for _, pipe, _ in pairs],
+        },
+    }
+
+
+def _layer_core_pair(
+    args: argparse.Namespace, data: str, layers: list[int]
+) -> tuple[float, float, list[dict]]:
+    """One sequential and one pipelined makespan, and the pipelined layers' metrics.
 
     "One core" is enforced with CPU affinity (taskset) when available: layer l's application
     runs on core l, the sequential one on core 0, each with local[1].
@@ -155,15 +183,10 @@ def _per_layer_core(args: argparse.Namespace, data: str, layers: list[int]) -> d
         json.loads((tmp / f"layer{layer}" / "metrics.json").read_text())
         for layer in range(len(layers) - 1)
     ]
+    shutil.rmtree(tmp, ignore_errors=True)
     spans = [span for m in metrics for span in bm.layer_spans(m)]
     pipelined = max(e for _, e in spans) - min(s for s, _ in spans)
-    return {
-        "sequential_1core_makespan_seconds": sequential,
-        "pipelined_1core_per_layer_makespan_seconds": pipelined,
-        "pipelined_speedup_per_layer_core": sequential / pipelined,
-        "per_layer_core_pinned": bool(_pinned(0)),
-        "per_layer_core_timeline": bm.pipeline_timeline(metrics),
-    }
+    return sequential, pipelined, metrics
 
 
 class References:
@@ -217,14 +240,17 @@ def main(argv: list[str] | None = None) -> None:
     if args.output:
         check_target(args.output, args.if_exists)
     layers = parse_sizes("--layers", args.layers)
+    if args.layer_core_repeats is None:
+        args.layer_core_repeats = args.repeats
     sizes = (
         args.rows, args.repeats, args.epochs, args.partitions, args.hidden, args.publish_every,
-        args.layer_core_epochs, args.layer_core_publish_every,
+        args.layer_core_epochs, args.layer_core_publish_every, args.layer_core_repeats,
     )
     if min(sizes) < 1:
         raise InputError(
             "--rows, --repeats, --epochs, --partitions, --hidden, --publish-every, "
-            "--layer-core-epochs and --layer-core-publish-every must be >= 1"
+            "--layer-core-epochs, --layer-core-publish-every and --layer-core-repeats "
+            "must be >= 1"
         )
     source = args.data or (str(DEFAULT_DATA) if DEFAULT_DATA.exists() else None)
     tmp = bm.temp_dir()
@@ -245,7 +271,8 @@ def main(argv: list[str] | None = None) -> None:
                               "publish_every": args.publish_every,
                               "makespan_layers": layers, "makespan_epochs": args.epochs,
                               "layer_core_epochs": args.layer_core_epochs,
-                              "layer_core_publish_every": args.layer_core_publish_every}}
+                              "layer_core_publish_every": args.layer_core_publish_every,
+                              "layer_core_repeats": args.layer_core_repeats}}
     out["sgemm_gflops"] = bm.sgemm_gflops(repeats=max(args.repeats, 3))
     references = References(X, args.hidden, cfg, args.repeats)
     references.measure()
@@ -270,11 +297,23 @@ def main(argv: list[str] | None = None) -> None:
     from sparkdbn.session import get_session
 
     spark = get_session("sparkdbn benchmark")
-    for schedule in ("sequential", "pipelined", "tied"):
-        out[f"{schedule}_makespan_seconds"] = makespan(
-            spark, data, layers, schedule, args.epochs, args.partitions, tmp / "stores",
-            publish_every=args.publish_every, final_epochs=1,
-        )
+    # Rounds of the three schedules in turn, so that a slow window of this machine falls on
+    # all of them alike; each figure is the median of its rounds.
+    schedules = ("sequential", "pipelined", "tied")
+    runs: dict[str, list[float]] = {schedule: [] for schedule in schedules}
+    # Warm-up, untimed: this application's first jobs, rough versions and store reads.
+    makespan(spark, data, layers, "pipelined", 2, args.partitions, tmp / "stores",
+             publish_every=1, final_epochs=1)
+    for _ in range(args.repeats):
+        for schedule in schedules:
+            seconds = makespan(
+                spark, data, layers, schedule, args.epochs, args.partitions, tmp / "stores",
+                publish_every=args.publish_every, final_epochs=1,
+            )
+            runs[schedule].append(round(seconds, 3))
+    for schedule in schedules:
+        out[f"{schedule}_makespan_seconds"] = statistics.median(runs[schedule])
+    out["makespan_runs"] = runs
     out.update(_per_layer_core(args, data, layers))
     out["measured_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     text = json.dumps(out, indent=2)

@@ -33,8 +33,8 @@ def test_benchmark_measures_every_figure(fashion_parquet: Path, tmp_path: Path) 
     output = tmp_path / "bench.json"
     result = run_job(
         "benchmark", "--data", str(fashion_parquet / "train"), "--rows", str(rows),
-        "--hidden", str(hidden), "--repeats", "1", "--epochs", "2", "--publish-every", "1",
-        "--layer-core-epochs", "3", "--layer-core-publish-every", "1",
+        "--hidden", str(hidden), "--repeats", "2", "--epochs", "2", "--publish-every", "1",
+        "--layer-core-epochs", "3", "--layer-core-publish-every", "1", "--layer-core-repeats", "1",
         "--layers", f"784,{hidden},784", "--output", str(output),
         env={"TMPDIR": str(temp)},
     )
@@ -61,12 +61,22 @@ def test_benchmark_measures_every_figure(fashion_parquet: Path, tmp_path: Path) 
         assert timeline[key] > 0, key
     assert timeline["layer0_seconds"] + timeline["final_publish_seconds"] < out[
         "pipelined_1core_per_layer_makespan_seconds"]
+    # Makespans: rounds of the three schedules in turn, each figure the median of its rounds.
+    assert set(out["makespan_runs"]) == {"sequential", "pipelined", "tied"}
+    for schedule, runs in out["makespan_runs"].items():
+        assert len(runs) == 2
+        assert out[f"{schedule}_makespan_seconds"] == pytest.approx(statistics.median(runs))
+    assert out["settings"]["layer_core_repeats"] == 1
+    assert out["per_layer_core_runs"] == {
+        "sequential": [round(out["sequential_1core_makespan_seconds"], 3)],
+        "pipelined": [round(out["pipelined_1core_per_layer_makespan_seconds"], 3)],
+    }
     assert set(out["driver_peak_rss_mb"]) == {"1x", "4x"}
     # References are timed in three windows around the Spark epochs; each figure is the median.
     assert set(out["reference_runs"]) == {
         "numpy_epoch_seconds", "sklearn_epoch_seconds", "sklearn_float64_epoch_seconds",
     }
     for key, runs in out["reference_runs"].items():
-        assert len(runs) == 3 and out[key] == pytest.approx(statistics.median(runs), abs=1e-3)
+        assert len(runs) == 6 and out[key] == pytest.approx(statistics.median(runs), abs=1e-3)
     assert "spark_overhead_ratio" in result.stdout  # the readable table
     assert list(temp.iterdir()) == []  # data, stores and layer outputs are cleaned up
