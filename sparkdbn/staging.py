@@ -158,24 +158,37 @@ def staging(batches: Batches, directory: str, schema: pa.Schema) -> Batches:
     return run
 
 
-def written(batches: Batches, directory: str, schema: pa.Schema) -> Batches:
-    """`batches` (a mapInArrow function) whose output rows go to its partition's file in
-    `directory` instead; it yields the partition's row count (schema "n long")."""
+def written(
+    batches: Batches, new_writer: Callable[[], PartWriter | StagedWriter], tally: Batches
+) -> Batches:
+    """`batches` (a mapInArrow function) whose non-empty output batches go to the partition's
+    file through `new_writer()` (PartWriter or StagedWriter); instead of the rows it yields
+    `tally` over them, once the file is in place. A failed task leaves no file."""
 
     def run(source: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        writer, n = StagedWriter(directory, schema), 0
-        try:
+        writer = new_writer()
+
+        def kept() -> Iterator[pa.RecordBatch]:
             for batch in batches(source):
                 if batch.num_rows:
                     writer.write(pa.Table.from_batches([batch]))
-                    n += batch.num_rows
+                    yield batch
+
+        try:
+            out = list(tally(kept()))
         except BaseException:
             writer.abort()
             raise
         writer.commit()
-        yield pa.RecordBatch.from_pydict({"n": pa.array([n], pa.int64())})
+        yield from out
 
     return run
+
+
+def row_count(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+    """A tally for `written`: the partition's row count (schema "n long")."""
+    n = sum(batch.num_rows for batch in batches)
+    yield pa.RecordBatch.from_pydict({"n": pa.array([n], pa.int64())})
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from functools import partial
 
 import numpy as np
 import pyarrow as pa
@@ -15,7 +16,7 @@ from sparkdbn.config import REPRESENTATIONS
 from sparkdbn.data import PACKED_ID, PACKED_LABEL, PACKED_X, PackedData
 from sparkdbn.engine.threads import task_blas_threads
 from sparkdbn.kernels.rbm import DTYPE, RBMParams, hidden_probs, sample_bernoulli
-from sparkdbn.staging import StagedParts, stage_directory, written
+from sparkdbn.staging import StagedParts, StagedWriter, row_count, stage_directory, written
 
 
 def hidden_batches(params: RBMParams, mode: str, seed_key: tuple[int, ...]):
@@ -76,7 +77,8 @@ def _transform_staged(
     directory = stage_directory(spark)
     parts = StagedParts(directory, data.parts.partitions, rows.schema.json())
     transform = hidden_batches(params, mode, seed_key)
-    batches = written(transform, directory, to_arrow_schema(rows.schema))
+    new_writer = partial(StagedWriter, directory, to_arrow_schema(rows.schema))
+    batches = written(transform, new_writer, row_count)
     try:
         n_rows = sum(r["n"] for r in rows.mapInArrow(batches, "n long").collect())
     except BaseException:

@@ -37,6 +37,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from functools import partial
 
 import numpy as np
 import pyarrow as pa
@@ -50,7 +51,7 @@ from sparkdbn.columns import unpack_rows
 from sparkdbn.data import PACKED_ID, PACKED_LABEL, PACKED_X, PackedData
 from sparkdbn.engine.filesystem import HadoopFS, filesystem
 from sparkdbn.engine.jobinfo import spark_context
-from sparkdbn.staging import Batches, PartWriter, StagedParts, StagedRows
+from sparkdbn.staging import Batches, PartWriter, StagedParts, StagedRows, written
 
 VERSIONS_DIR = "_versions"
 LEASES_DIR = "_leases"
@@ -169,38 +170,6 @@ def _tallied(batches: Batches, width: int, tally: Accumulator) -> Batches:
             yield batch
 
     return run
-
-
-@dataclass(frozen=True)
-class _TaskFiles:
-    """One version's part files, written by the stage's Python tasks into `directory`."""
-
-    directory: str
-    schema: pa.Schema
-    compression: str
-
-    def writing(self, batches: Batches, width: int) -> Batches:
-        """A mapInArrow function: `batches` over the partition's rows, written to its file as
-        they come; it returns the partition's row count and checksum terms (_STATS_SCHEMA)."""
-
-        def run(source: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-            writer = PartWriter(self.directory, self.schema, self.compression)
-
-            def kept() -> Iterator[pa.RecordBatch]:
-                for batch in batches(source):
-                    if batch.num_rows:
-                        writer.write(pa.Table.from_batches([batch]))
-                        yield batch
-
-            try:
-                tally = list(_stats_batches(width)(kept()))
-            except BaseException:
-                writer.abort()
-                raise
-            writer.commit()
-            yield from tally
-
-        return run
 
 
 class RepresentationStore:
@@ -334,8 +303,8 @@ class RepresentationStore:
         """Each task writes its partition's file with pyarrow and returns its tally."""
         directory = self._fs.local_path(path)
         os.makedirs(directory)
-        files = _TaskFiles(directory, to_arrow_schema(df.schema), compression)
-        writing = files.writing(batches or (lambda source: source), width)
+        new_writer = partial(PartWriter, directory, to_arrow_schema(df.schema), compression)
+        writing = written(batches or (lambda source: source), new_writer, _stats_batches(width))
         rows = df.mapInArrow(writing, _STATS_SCHEMA).collect()
         return sum(r["n"] for r in rows), checksum_of(sum(r["total"] for r in rows))
 
