@@ -29,6 +29,8 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import types as T
 from pyspark.sql.pandas.types import to_arrow_schema
 
+from sparkdbn.session import is_local
+
 Batches = Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]]
 STAGED_SUFFIX = ".arrow"
 # A staged partition is one record batch up to this size, so readers use it in place; larger
@@ -57,7 +59,7 @@ def local_master(spark: SparkSession) -> bool:
         master = spark.sparkContext.master
     except Exception:  # Spark Connect has no SparkContext; its tasks run elsewhere
         return False
-    return master == "local" or master.startswith("local[")
+    return is_local(master)
 
 
 class PartWriter:

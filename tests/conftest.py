@@ -21,8 +21,13 @@ os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
 def spark() -> Iterator:
     from pyspark.sql import SparkSession
 
+    from sparkdbn.session import local_worker_daemon
+
+    builder = SparkSession.builder
+    for key, value in local_worker_daemon().items():
+        builder = builder.config(key, value)
     session = (
-        SparkSession.builder.master("local[2]")
+        builder.master("local[2]")
         .appName("sparkdbn-tests")
         .config("spark.sql.shuffle.partitions", "4")
         .config("spark.ui.enabled", "false")
