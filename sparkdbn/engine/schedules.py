@@ -47,6 +47,7 @@ from sparkdbn.metrics import LayerLog, RunLog, SpanRecord
 from sparkdbn.model import DBNModel
 
 WAIT_POLL_SECONDS = 0.5
+LOCAL_POLL_SECONDS = 0.1
 
 
 def tie(below: RBMParams, how: str) -> RBMParams:
@@ -104,17 +105,22 @@ class _Input:
         self.cache = cache
         self.version: Version | None = None
         self.data: PackedData | None = None
+        # A writer in this application wakes the reader at its commit; one elsewhere is seen
+        # at the next poll, which costs next to nothing on a local disk.
+        self.poll = LOCAL_POLL_SECONDS if store.on_local_disk else WAIT_POLL_SECONDS
 
     def refresh(self, wait_for_final: bool = False) -> PackedData:
         """The newest committed version (or, when asked, the final one), loaded and cached.
 
         Keeps the current version when nothing newer exists; blocks only when there is
-        nothing to train on yet or the final version is required.
+        nothing to train on yet or the final version is required, until the writer's commit
+        wakes it (same application) or its next poll sees one.
         """
         started = time.monotonic()
         while True:
             if self.shared.stop.is_set():
                 raise _Stopped
+            seen = self.store.commits
             timeout = self.shared.wait_timeout
             if timeout is not None and time.monotonic() - started > timeout:
                 what = "the final version" if wait_for_final else "a version"
@@ -128,7 +134,7 @@ class _Input:
                 return self.data
             if self.data is not None and (not wait_for_final or target is not None):
                 return self.data
-            self.shared.stop.wait(WAIT_POLL_SECONDS)
+            self.store.wait_for_commit(seen, self.poll)
 
     def _switch(self, version: Version) -> None:
         started_at, start = self.run.now(), time.perf_counter()

@@ -22,6 +22,9 @@ computes the same rows (seeded generators), replaces it whole. Elsewhere (HDFS, 
 writes, under its commit protocol, and the tasks tally into an accumulator, which Spark merges
 once per partition of the write; under Connect without a local path the files are read back.
 
+Readers in the writer's own process (layers in threads of one application) are woken by each
+commit (`wait_for_commit`); readers elsewhere see it at their next poll of `_versions/`.
+
 A reader checks a version against its marker when it loads it, in a pass of its own, or, with
 `load(..., deferred=True)`, in the first pass its own work makes over the rows (a training
 epoch): the data is then read once instead of twice.
@@ -33,6 +36,7 @@ import json
 import os
 import re
 import socket
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -195,6 +199,8 @@ class RepresentationStore:
         if task_writes and not local:
             raise ValueError(f"task_writes needs a store on a local file system, not {base!r}")
         self.task_writes = local if task_writes is None else task_writes
+        self._commits = 0  # markers (versions and FINAL) this object has written
+        self._committed = threading.Condition()
 
     def __repr__(self) -> str:
         return f"RepresentationStore({self.base!r}, keep={self.keep})"
@@ -295,6 +301,7 @@ class RepresentationStore:
             "schema": df.schema.json(),
         }
         self._fs.write_bytes(self._marker_path(number), json.dumps(record).encode())
+        self._notify_commit()
         return self._read_version(number)
 
     def _write_in_tasks(
@@ -333,6 +340,24 @@ class RepresentationStore:
             raise FileNotFoundError(f"version {version.number} is not committed in {self.base}")
         record = {"version": version.number, "created_at": time.time(), "writer": self.writer}
         self._fs.write_bytes(self._final_path(), json.dumps(record).encode())
+        self._notify_commit()
+
+    def _notify_commit(self) -> None:
+        with self._committed:
+            self._commits += 1
+            self._committed.notify_all()
+
+    @property
+    def commits(self) -> int:
+        """How many markers this store object has written: `wait_for_commit`'s reference."""
+        return self._commits
+
+    def wait_for_commit(self, seen: int, timeout: float) -> bool:
+        """Block until this store object writes a marker after the `seen`-th (`commits` read
+        before looking at the versions), or `timeout` passes; True if it did. Commits by other
+        processes do not wake it: a reader polls for those."""
+        with self._committed:
+            return self._committed.wait_for(lambda: self._commits != seen, timeout)
 
     def collect_garbage(self) -> list[int]:
         """Delete versions older than the newest `keep` unless leased or final; return them.
@@ -397,9 +422,11 @@ class RepresentationStore:
     def wait_for(
         self, newer_than: int = 0, timeout: float | None = None, poll: float = 0.2
     ) -> Version:
-        """Block until a version numbered above `newer_than` is committed, and return it."""
+        """Block until a version numbered above `newer_than` is committed, and return it;
+        woken at once by a commit of this store object, else at the next poll."""
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
+            seen = self._commits
             version = self.latest()
             if version is not None and version.number > newer_than:
                 return version
@@ -409,7 +436,7 @@ class RepresentationStore:
                     f"within {timeout} s"
                 )
             left = poll if deadline is None else deadline - time.monotonic()
-            time.sleep(max(0.0, min(poll, left)))
+            self.wait_for_commit(seen, max(0.0, min(poll, left)))
 
     def read(self, version: Version) -> DataFrame:
         """The version's rows (id, x[, label]); lazily read, so hold a lease while using it.

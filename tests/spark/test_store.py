@@ -363,6 +363,31 @@ def test_wait_for_returns_new_version_or_times_out(spark, base):
         store.wait_for(newer_than=1, timeout=0.2)
 
 
+def test_commits_wake_readers_of_the_same_store(spark, base):
+    """A version's marker and the final marker each wake a waiting reader at once (a broken
+    wake-up shows as False after the long timeout); another store object on the same path,
+    like another application's, is not woken and sees the commits when it looks."""
+    store = RepresentationStore(spark, str(base))
+    assert not store.wait_for_commit(store.commits, 0.05)
+    woken: list[bool] = []
+
+    def waiting(seen: int) -> threading.Thread:
+        waiter = threading.Thread(target=lambda: woken.append(store.wait_for_commit(seen, 120)))
+        waiter.start()
+        return waiter
+
+    waiter = waiting(store.commits)
+    v1 = store.publish(frame(spark, 1), W)
+    waiter.join(120)
+    waiter = waiting(store.commits)
+    store.mark_final(v1)
+    waiter.join(120)
+    assert woken == [True, True]
+    other = RepresentationStore(spark, str(base))
+    assert not other.wait_for_commit(other.commits, 0.05)
+    assert other.latest() == v1 and other.final() == v1
+
+
 def test_garbage_collection_keeps_newest_and_leased_versions(spark, base):
     store = RepresentationStore(spark, str(base), keep=2)
     v1, *_ = [store.publish(frame(spark, k), W) for k in (1, 2, 3, 4)]
