@@ -7,7 +7,9 @@ from pathlib import Path
 
 from pyspark.sql import SparkSession
 
-RESOURCES = Path(__file__).with_name("resources")
+# Absolute even where the package was imported from a relative path (an executor's
+# `./sparkdbn.zip`), since a file URI cannot be relative.
+RESOURCES = Path(__file__).resolve().with_name("resources")
 LOG4J = RESOURCES / "log4j2.properties"
 LOCAL_DEFAULTS = {
     "spark.driver.extraJavaOptions": f"-Dlog4j2.configurationFile={LOG4J.as_uri()}",
