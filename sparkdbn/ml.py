@@ -58,7 +58,14 @@ from pyspark.sql.utils import is_remote
 
 import sparkdbn.model as dbn_model
 from sparkdbn.columns import features_to_numpy
-from sparkdbn.config import REPRESENTATIONS, SCHEDULES, VISIBLE, TrainConfig
+from sparkdbn.config import (
+    CACHE_VERSIONS,
+    REPRESENTATIONS,
+    ROUGH_VERSIONS,
+    SCHEDULES,
+    VISIBLE,
+    TrainConfig,
+)
 from sparkdbn.engine.filesystem import filesystem
 from sparkdbn.engine.training import TrainingResult, metrics_dict, train
 from sparkdbn.errors import InputError
@@ -171,6 +178,23 @@ class _StackParams(_PretrainParams):
         "representation", "what upper layers train on: probabilities|sample",
         TypeConverters.toString,
     )
+    roughVersions: Param[str] = _param(
+        "roughVersions",
+        "how rough versions are made: in_epoch (the epoch's own positive phase, no extra "
+        "pass) | after_epoch (a pass with the epoch's averaged weights)",
+        TypeConverters.toString,
+    )
+    cacheVersions: Param[str] = _param(
+        "cacheVersions",
+        "keep the versions an upper layer loads in Spark's cache: auto (unless the store is on "
+        "the local disk of a classic application, where rereading costs no more) | always | "
+        "never",
+        TypeConverters.toString,
+    )
+    keepVersions: Param[int] = _param(
+        "keepVersions", "versions the store keeps per layer, besides leased and final ones (> 0)",
+        TypeConverters.toInt,
+    )
     storePath: Param[str] = _param(
         "storePath",
         "directory for the rough representations of the pipelined and tied schedules (any "
@@ -186,6 +210,8 @@ class _StackParams(_PretrainParams):
             layers=_DEFAULTS.layers[1:], schedule=_DEFAULTS.schedule,
             startAfter=_DEFAULTS.start_after, publishEvery=_DEFAULTS.publish_every,
             finalEpochs=_DEFAULTS.final_epochs, representation=_DEFAULTS.representation,
+            roughVersions=_DEFAULTS.rough_versions, cacheVersions=_DEFAULTS.cache_versions,
+            keepVersions=_DEFAULTS.keep_versions,
         )
 
     def getLayers(self) -> list[int]:
@@ -205,6 +231,15 @@ class _StackParams(_PretrainParams):
 
     def getRepresentation(self) -> str:
         return self.getOrDefault(self.representation)
+
+    def getRoughVersions(self) -> str:
+        return self.getOrDefault(self.roughVersions)
+
+    def getCacheVersions(self) -> str:
+        return self.getOrDefault(self.cacheVersions)
+
+    def getKeepVersions(self) -> int:
+        return self.getOrDefault(self.keepVersions)
 
     def getStorePath(self) -> str | None:
         return self.getOrDefault(self.storePath) if self.isDefined(self.storePath) else None
@@ -329,6 +364,15 @@ class _StackSetters(_PretrainSetters):
     def setRepresentation(self, value: str) -> Self:
         return self._set(representation=value)
 
+    def setRoughVersions(self, value: str) -> Self:
+        return self._set(roughVersions=value)
+
+    def setCacheVersions(self, value: str) -> Self:
+        return self._set(cacheVersions=value)
+
+    def setKeepVersions(self, value: int) -> Self:
+        return self._set(keepVersions=value)
+
     def setStorePath(self, value: str) -> Self:
         return self._set(storePath=value)
 
@@ -342,7 +386,9 @@ _CONFIG_FIELDS = {
     "batchSize": "batch_size", "maxIter": "epochs", "seed": "seed",
     "numPartitions": "partitions", "schedule": "schedule", "startAfter": "start_after",
     "publishEvery": "publish_every", "finalEpochs": "final_epochs",
-    "representation": "representation", "finetuneEpochs": "finetune_epochs",
+    "representation": "representation", "roughVersions": "rough_versions",
+    "cacheVersions": "cache_versions", "keepVersions": "keep_versions",
+    "finetuneEpochs": "finetune_epochs",
     "finetuneLearningRate": "finetune_learning_rate", "finetuneMomentum": "finetune_momentum",
     "finetuneWeightDecay": "finetune_weight_decay", "finetuneBatchSize": "finetune_batch_size",
     "finetuneLrDecay": "finetune_lr_decay", "finetuneLrSchedule": "finetune_lr_schedule",
@@ -361,7 +407,7 @@ def _one_of(choices: tuple[str, ...]) -> _Rule:
 _RULES: dict[str, _Rule] = {
     **dict.fromkeys(
         ("numHidden", "k", "learningRate", "batchSize", "maxIter", "numPartitions", "startAfter",
-         "publishEvery", "finalEpochs", "finetuneEpochs", "finetuneLearningRate",
+         "publishEvery", "finalEpochs", "keepVersions", "finetuneEpochs", "finetuneLearningRate",
          "finetuneBatchSize", "finetuneLrDecay"),
         _POSITIVE,
     ),
@@ -371,6 +417,8 @@ _RULES: dict[str, _Rule] = {
     "visible": _one_of(VISIBLE),
     "schedule": _one_of(SCHEDULES),
     "representation": _one_of(REPRESENTATIONS),
+    "roughVersions": _one_of(ROUGH_VERSIONS),
+    "cacheVersions": _one_of(CACHE_VERSIONS),
     "finetuneLrSchedule": _one_of(LR_SCHEDULES),
 }
 
@@ -756,6 +804,9 @@ class DBN(
         publishEvery: int = _DEFAULTS.publish_every,
         finalEpochs: int = _DEFAULTS.final_epochs,
         representation: str = _DEFAULTS.representation,
+        roughVersions: str = _DEFAULTS.rough_versions,
+        cacheVersions: str = _DEFAULTS.cache_versions,
+        keepVersions: int = _DEFAULTS.keep_versions,
         storePath: str | None = None,
     ) -> None:
         super().__init__()
@@ -782,6 +833,9 @@ class DBN(
         publishEvery: int = _DEFAULTS.publish_every,
         finalEpochs: int = _DEFAULTS.final_epochs,
         representation: str = _DEFAULTS.representation,
+        roughVersions: str = _DEFAULTS.rough_versions,
+        cacheVersions: str = _DEFAULTS.cache_versions,
+        keepVersions: int = _DEFAULTS.keep_versions,
         storePath: str | None = None,
     ) -> DBN:
         return self._set(**self._input_kwargs)
@@ -840,6 +894,9 @@ class DBNClassifier(
         publishEvery: int = _DEFAULTS.publish_every,
         finalEpochs: int = _DEFAULTS.final_epochs,
         representation: str = _DEFAULTS.representation,
+        roughVersions: str = _DEFAULTS.rough_versions,
+        cacheVersions: str = _DEFAULTS.cache_versions,
+        keepVersions: int = _DEFAULTS.keep_versions,
         storePath: str | None = None,
         finetuneEpochs: int = 10,
         finetuneLearningRate: float = _DEFAULTS.finetune_learning_rate,
@@ -876,6 +933,9 @@ class DBNClassifier(
         publishEvery: int = _DEFAULTS.publish_every,
         finalEpochs: int = _DEFAULTS.final_epochs,
         representation: str = _DEFAULTS.representation,
+        roughVersions: str = _DEFAULTS.rough_versions,
+        cacheVersions: str = _DEFAULTS.cache_versions,
+        keepVersions: int = _DEFAULTS.keep_versions,
         storePath: str | None = None,
         finetuneEpochs: int = 10,
         finetuneLearningRate: float = _DEFAULTS.finetune_learning_rate,

@@ -192,13 +192,16 @@ def test_bare_model_save_load_keeps_params_and_predictions(
 
 
 def test_unfitted_pipeline_save_load_keeps_params(tmp_path: Path):
-    clf = DBNClassifier(layers=[32, 16], schedule="pipelined", finetuneLearningRate=0.05)
+    clf = DBNClassifier(
+        layers=[32, 16], schedule="pipelined", finetuneLearningRate=0.05, cacheVersions="never"
+    )
     Pipeline(stages=[clf]).save(str(tmp_path / "pipeline"))
     (loaded,) = Pipeline.load(str(tmp_path / "pipeline")).getStages()
     assert isinstance(loaded, DBNClassifier) and loaded.uid == clf.uid
     assert loaded.getLayers() == [32, 16]
     assert loaded.getSchedule() == "pipelined"
     assert loaded.getFinetuneLearningRate() == 0.05
+    assert loaded.getCacheVersions() == "never" and loaded.getRoughVersions() == "in_epoch"
     assert loaded.getStorePath() is None
 
 
@@ -264,7 +267,8 @@ def test_dbn_transformer_matches_numpy_and_keeps_its_store(train_df, test_df, tm
     store = tmp_path / "store"
     dbn = DBN(
         layers=[64, 16], maxIter=2, finalEpochs=1, schedule="pipelined", numPartitions=2,
-        storePath=str(store),
+        storePath=str(store), roughVersions="after_epoch", cacheVersions="always",
+        keepVersions=2,
     )
     model = dbn.fit(train_df)
     assert isinstance(model, DBNModel)
@@ -273,6 +277,19 @@ def test_dbn_transformer_matches_numpy_and_keeps_its_store(train_df, test_df, tm
     (fit_dir,) = store.iterdir()
     assert fit_dir.name.startswith(dbn.uid) and (fit_dir / "layer_0").is_dir()
     assert model.trainingMetrics["schedule"] == "pipelined"
+    # The version params reach the engine: rough versions made by a pass of their own (no
+    # in_epoch mark), and the run's config as the model records it.
+    markers = sorted((fit_dir / "layer_0" / "_versions").glob("v-*.json"))
+    metas = [json.loads(marker.read_text())["meta"] for marker in markers]
+    assert [meta["final"] for meta in metas] == [False, True]
+    assert not any(meta.get("in_epoch") for meta in metas)
+    config = model.stack.config
+    assert (config["rough_versions"], config["cache_versions"], config["keep_versions"]) == (
+        "after_epoch", "always", 2
+    )
+    assert (model.getRoughVersions(), model.getCacheVersions(), model.getKeepVersions()) == (
+        "after_epoch", "always", 2
+    )
     model.save(str(tmp_path / "dbn"))
     loaded = DBNModel.load(str(tmp_path / "dbn"))
     assert_df_equality(
@@ -353,6 +370,9 @@ def test_sparse_count_vectors_train_a_classifier(spark):
         (DBNClassifier(finetuneLrSchedule="step"), "finetuneLrSchedule"),
         (DBN(schedule="pipelined", maxIter=1, finalEpochs=2), "finalEpochs"),
         (DBN(numPartitions=0), "numPartitions"),
+        (DBN(roughVersions="never"), "roughVersions"),
+        (DBN(cacheVersions="sometimes"), "cacheVersions"),
+        (DBN(keepVersions=0), "keepVersions"),
         (RBM(numHidden=0), "numHidden"),
         (RBM(seed=-1), "seed"),
     ],
