@@ -7,6 +7,8 @@ from pathlib import Path
 
 from pyspark.sql import SparkSession
 
+from sparkdbn.staging import is_local
+
 # Absolute even where the package was imported from a relative path (an executor's
 # `./sparkdbn.zip`), since a file URI cannot be relative.
 RESOURCES = Path(__file__).resolve().with_name("resources")
@@ -21,11 +23,6 @@ LOCAL_DEFAULTS = {
     # Spark's 1g default runs out with a 60,000 × 784 set plus a layer's version in flight.
     "spark.driver.memory": os.environ.get("SPARKDBN_DRIVER_MEMORY", "6g"),
 }
-
-
-def is_local(master: str) -> bool:
-    """Whether a master URL runs every task in the driver's process (local, local[…])."""
-    return master == "local" or master.startswith("local[")
 
 
 def local_worker_daemon() -> dict[str, str]:

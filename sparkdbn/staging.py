@@ -29,8 +29,6 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import types as T
 from pyspark.sql.pandas.types import to_arrow_schema
 
-from sparkdbn.session import is_local
-
 Batches = Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]]
 STAGED_SUFFIX = ".arrow"
 # A staged partition is one record batch up to this size, so readers use it in place; larger
@@ -51,6 +49,11 @@ def task_paths(directory: str, suffix: str) -> tuple[str, str]:
     name = part_name(context.partitionId(), suffix)
     tmp = f".{name}.{context.taskAttemptId()}.tmp"
     return os.path.join(directory, name), os.path.join(directory, tmp)
+
+
+def is_local(master: str) -> bool:
+    """Whether a master URL runs every task in the driver's process (local, local[…])."""
+    return master == "local" or master.startswith("local[")
 
 
 def local_master(spark: SparkSession) -> bool:

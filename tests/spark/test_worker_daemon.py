@@ -11,7 +11,8 @@ from pathlib import Path
 import pyarrow as pa
 import pyspark
 
-from sparkdbn.session import RESOURCES, get_session, is_local, local_worker_daemon
+from sparkdbn.session import RESOURCES, get_session, local_worker_daemon
+from sparkdbn.staging import is_local
 
 SPEC = importlib.util.spec_from_file_location("sparkdbn_daemon", RESOURCES / "sparkdbn_daemon.py")
 daemon = importlib.util.module_from_spec(SPEC)
