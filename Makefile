@@ -14,7 +14,7 @@ DIST ?= dist
 export PYSPARK_PYTHON := $(abspath $(PY))
 export PYSPARK_DRIVER_PYTHON := $(abspath $(PY))
 
-.PHONY: install train test lint bench dist pyfiles clean
+.PHONY: install train test lint bench scaling dist pyfiles clean
 
 install: $(VENV)/.installed
 
@@ -44,6 +44,11 @@ test: install
 # The benchmark measures best on an otherwise idle machine; see README "Performance".
 bench: install
 	$(PY) jobs/benchmark.py --output out/benchmark.json --if-exists overwrite
+
+# Accuracy, reconstruction error and epoch seconds against partitions (docs/performance.md).
+scaling: $(PARQUET)/train/_SUCCESS
+	$(PY) jobs/scaling_study.py --train $(PARQUET)/train --test $(PARQUET)/test \
+		--output out/scaling --if-exists overwrite
 
 lint: install
 	$(VENV)/bin/ruff check .

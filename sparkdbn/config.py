@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import tomllib
 import types
 import typing
@@ -17,6 +18,12 @@ from typing import Any
 
 from sparkdbn.errors import InputError
 from sparkdbn.fsutil import RESUMABLE_IF_EXISTS
+from sparkdbn.kernels.averaging import (
+    CHOICES,
+    DEFAULT_STRATEGY,
+    LOCAL_MOMENTUM,
+    AveragingSettings,
+)
 from sparkdbn.kernels.mlp import LR_SCHEDULES
 
 SCHEDULES = ("sequential", "pipelined", "tied")
@@ -24,6 +31,7 @@ REPRESENTATIONS = ("probabilities", "sample")
 ROUGH_VERSIONS = ("in_epoch", "after_epoch")
 CACHE_VERSIONS = ("auto", "always", "never")
 VISIBLE = ("bernoulli", "gaussian")
+CHOICES_OF_AVERAGING = CHOICES
 
 
 @dataclass
@@ -52,6 +60,42 @@ class TrainConfig:
     batch_size: int = field(default=100, metadata={"help": "mini-batch rows"})
     sample_visible: bool = field(
         default=False, metadata={"help": "sample visible states in the Gibbs chain"}
+    )
+    averaging: str = field(
+        default=DEFAULT_STRATEGY,
+        metadata={"help": "how the partitions' models are combined: auto (derived from the "
+                  "partitions and their rows) | plain (the paper's average, once per epoch) | "
+                  "block | nesterov (block momentum, Chen & Huo)"},
+    )
+    rounds_per_epoch: int | None = field(
+        default=None,
+        metadata={"help": "averaging rounds per epoch (default: derived; plain: 1)"},
+    )
+    block_momentum: float | None = field(
+        default=None, metadata={"help": "block momentum in [0, 1) (default: derived)"}
+    )
+    block_learning_rate: float | None = field(
+        default=None, metadata={"help": "block learning rate, > 0 (default: 1)"}
+    )
+    local_momentum: str | None = field(
+        default=None,
+        metadata={"help": "the partitions' momentum at each round: averaged | reset "
+                  "(default: derived)"},
+    )
+    local_lr_scale: float | None = field(
+        default=None,
+        metadata={"help": "factor on the partitions' learning rates, > 0 (default: derived; "
+                  "plain: 1)"},
+    )
+    local_batch_size: int | None = field(
+        default=None,
+        metadata={"help": "the partitions' mini-batch rows in pretraining and fine-tuning "
+                  "(default: derived; auto makes it smaller where partitions are small)"},
+    )
+    lr_warmup_epochs: float | None = field(
+        default=None,
+        metadata={"help": "epochs over which local_lr_scale is reached from 1, >= 0 "
+                  "(default: derived)"},
     )
     representation: str = field(
         default="probabilities",
@@ -152,7 +196,19 @@ class TrainConfig:
         for name in positive:
             if getattr(self, name) <= 0:
                 raise InputError(f"config {name} must be > 0, got {getattr(self, name)!r}")
-        for name in ("momentum", "final_momentum", "finetune_momentum"):
+        for name in ("rounds_per_epoch", "local_batch_size"):
+            if getattr(self, name) is not None and getattr(self, name) <= 0:
+                raise InputError(f"config {name} must be > 0, got {getattr(self, name)!r}")
+        for name in ("block_learning_rate", "local_lr_scale"):
+            value = getattr(self, name)
+            if value is not None and not 0 < value < math.inf:
+                raise InputError(f"config {name} must be a finite number > 0, got {value!r}")
+        if self.lr_warmup_epochs is not None and not 0 <= self.lr_warmup_epochs < math.inf:
+            raise InputError(
+                f"config lr_warmup_epochs must be a finite number >= 0, "
+                f"got {self.lr_warmup_epochs!r}"
+            )
+        for name in ("momentum", "final_momentum", "finetune_momentum", "block_momentum"):
             if getattr(self, name) is not None and not 0 <= getattr(self, name) < 1:
                 raise InputError(f"config {name} must be in [0, 1), got {getattr(self, name)!r}")
         for name in ("weight_decay", "finetune_weight_decay", "finetune_epochs", "momentum_epochs"):
@@ -175,6 +231,7 @@ class TrainConfig:
             )
         choices = (
             ("visible", VISIBLE),
+            ("averaging", CHOICES),
             ("representation", REPRESENTATIONS),
             ("schedule", SCHEDULES),
             ("rough_versions", ROUGH_VERSIONS),
@@ -191,9 +248,23 @@ class TrainConfig:
             raise InputError(
                 f"config final_epochs ({self.final_epochs}) must not exceed epochs ({self.epochs})"
             )
+        if self.local_momentum is not None and self.local_momentum not in LOCAL_MOMENTUM:
+            raise InputError(
+                f"config local_momentum must be one of {'|'.join(LOCAL_MOMENTUM)}, "
+                f"got {self.local_momentum!r}"
+            )
         if self.schedule == "tied":
             tie_plan(self.layers)
         return self
+
+    @property
+    def averaging_settings(self) -> AveragingSettings:
+        """How pretraining and fine-tuning combine the partitions' models."""
+        return AveragingSettings(
+            self.averaging, self.rounds_per_epoch, self.block_momentum,
+            self.block_learning_rate, self.local_momentum, self.local_lr_scale,
+            self.lr_warmup_epochs, self.local_batch_size,
+        )
 
     @property
     def fail_partitions(self) -> frozenset[int]:

@@ -138,15 +138,18 @@ def _epoch(f: dict[str, Any]) -> str:
 
     record = EpochRecord(
         f["epoch"] - 1, f["recon_error"], f["seconds"], f["rows_per_second"],
-        f.get("input_version"),
+        f.get("input_version"), f.get("rounds", 1), f.get("replica_divergence", []),
     )
     return progress_line(f["layer"], record, f["epochs"])
 
 
 def _finetune_epoch(f: dict[str, Any]) -> str:
+    from sparkdbn.metrics import averaging_text
+
     return (
         f"{f['stage']} · epoch {f['epoch']}/{f['epochs']} · loss {f['loss']:.4f} · "
         f"train acc {f['train_accuracy']:.4f} · {f['seconds']:.2f} s"
+        f"{averaging_text(f.get('rounds', 1), f.get('replica_divergence', []))}"
     )
 
 
@@ -168,6 +171,7 @@ RENDER: dict[str, Callable[[dict[str, Any]], str]] = {
     "ready": lambda f: f"layer {f['layer']} ready",
     "message": lambda f: str(f["message"]),
     "error": lambda f: f"error: {f['message']}",
+    "warning": lambda f: f"warning: {f['message']}",
 }
 
 

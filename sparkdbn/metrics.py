@@ -15,11 +15,16 @@ from sparkdbn.logs import Reporter
 
 @dataclass
 class EpochRecord:
+    """One epoch of one layer; `replica_divergence` has one figure per averaging round
+    (`engine.rounds`)."""
+
     epoch: int
     recon_error: float
     seconds: float
     rows_per_second: float
     input_version: int | None = None
+    rounds: int = 1
+    replica_divergence: list[float] = field(default_factory=list)
 
 
 @dataclass
@@ -86,6 +91,7 @@ class RunLog:
             "epoch", layer=log.layer, epoch=record.epoch + 1, epochs=total_epochs,
             recon_error=record.recon_error, seconds=record.seconds,
             rows_per_second=record.rows_per_second, input_version=record.input_version,
+            rounds=record.rounds, replica_divergence=record.replica_divergence,
             eta_seconds=round(eta_seconds(record, total_epochs), 3),
         )
 
@@ -128,8 +134,16 @@ def progress_line(layer: int, record: EpochRecord, total_epochs: int) -> str:
     return (
         f"layer {layer} · epoch {record.epoch + 1}/{total_epochs} · recon {recon} · "
         f"{record.seconds:.2f} s · {record.rows_per_second:,.0f} rows/s · ETA {left:.0f} s"
-        f"{version}"
+        f"{version}{averaging_text(record.rounds, record.replica_divergence)}"
     )
+
+
+def averaging_text(rounds: int, divergence: list[float]) -> str:
+    """The progress line's averaging part: rounds, and the last round's replica divergence."""
+    if not divergence:
+        return ""
+    many = f"{rounds} rounds · " if rounds > 1 else ""
+    return f" · {many}divergence {divergence[-1]:.2f}"
 
 
 def eta_seconds(record: EpochRecord, total_epochs: int) -> float:

@@ -69,6 +69,7 @@ from sparkdbn.config import (
 from sparkdbn.engine.filesystem import filesystem
 from sparkdbn.engine.training import TrainingResult, metrics_dict, train
 from sparkdbn.errors import InputError
+from sparkdbn.kernels.averaging import CHOICES, LOCAL_MOMENTUM
 from sparkdbn.kernels.mlp import LR_SCHEDULES
 
 __all__ = ["DBN", "RBM", "DBNClassificationModel", "DBNClassifier", "DBNModel", "RBMModel"]
@@ -106,6 +107,44 @@ class _PretrainParams(HasFeaturesCol, HasMaxIter, HasSeed):
         "repartition the training data into this many partitions (by id); unset: as given",
         TypeConverters.toInt,
     )
+    averaging: Param[str] = _param(
+        "averaging",
+        "how the partitions' models are combined, in pretraining and fine-tuning: auto (derived "
+        "from the partitions and their rows) | plain (the paper's average, once per epoch) | "
+        "block | nesterov (block momentum)",
+        TypeConverters.toString,
+    )
+    roundsPerEpoch: Param[int] = _param(
+        "roundsPerEpoch",
+        "averaging rounds per epoch (> 0); unset: derived (plain: 1)",
+        TypeConverters.toInt,
+    )
+    blockMomentum: Param[float] = _param(
+        "blockMomentum", "block momentum in [0, 1); unset: derived",
+        TypeConverters.toFloat,
+    )
+    blockLearningRate: Param[float] = _param(
+        "blockLearningRate", "block learning rate (> 0); unset: 1", TypeConverters.toFloat
+    )
+    localMomentum: Param[str] = _param(
+        "localMomentum",
+        "the partitions' momentum at each round: averaged | reset; unset: derived",
+        TypeConverters.toString,
+    )
+    localLrScale: Param[float] = _param(
+        "localLrScale", "factor on the partitions' learning rates (> 0); unset: derived",
+        TypeConverters.toFloat,
+    )
+    localBatchSize: Param[int] = _param(
+        "localBatchSize",
+        "the partitions' mini-batch rows (> 0); unset: derived (auto: smaller for small "
+        "partitions)",
+        TypeConverters.toInt,
+    )
+    lrWarmupEpochs: Param[float] = _param(
+        "lrWarmupEpochs", "epochs to reach localLrScale from 1 (>= 0); unset: derived",
+        TypeConverters.toFloat,
+    )
 
     def __init__(self) -> None:
         super().__init__()
@@ -113,6 +152,7 @@ class _PretrainParams(HasFeaturesCol, HasMaxIter, HasSeed):
             visible=_DEFAULTS.visible, k=_DEFAULTS.k, learningRate=_DEFAULTS.learning_rate,
             momentum=_DEFAULTS.momentum, weightDecay=_DEFAULTS.weight_decay,
             batchSize=_DEFAULTS.batch_size, maxIter=_DEFAULTS.epochs, seed=_DEFAULTS.seed,
+            averaging=_DEFAULTS.averaging,
         )
 
     def getVisible(self) -> str:
@@ -135,6 +175,33 @@ class _PretrainParams(HasFeaturesCol, HasMaxIter, HasSeed):
 
     def getNumPartitions(self) -> int | None:
         return self.getOrDefault(self.numPartitions) if self.isDefined(self.numPartitions) else None
+
+    def getAveraging(self) -> str:
+        return self.getOrDefault(self.averaging)
+
+    def getRoundsPerEpoch(self) -> int | None:
+        return self._optional(self.roundsPerEpoch)
+
+    def getBlockMomentum(self) -> float | None:
+        return self._optional(self.blockMomentum)
+
+    def getBlockLearningRate(self) -> float | None:
+        return self._optional(self.blockLearningRate)
+
+    def getLocalMomentum(self) -> str | None:
+        return self._optional(self.localMomentum)
+
+    def getLocalLrScale(self) -> float | None:
+        return self._optional(self.localLrScale)
+
+    def getLocalBatchSize(self) -> int | None:
+        return self._optional(self.localBatchSize)
+
+    def getLrWarmupEpochs(self) -> float | None:
+        return self._optional(self.lrWarmupEpochs)
+
+    def _optional(self, param: Param) -> Any:
+        return self.getOrDefault(param) if self.isDefined(param) else None
 
 
 class _RBMParams(_PretrainParams, HasOutputCol):
@@ -344,6 +411,30 @@ class _PretrainSetters(Params):
     def setNumPartitions(self, value: int) -> Self:
         return self._set(numPartitions=value)
 
+    def setAveraging(self, value: str) -> Self:
+        return self._set(averaging=value)
+
+    def setRoundsPerEpoch(self, value: int) -> Self:
+        return self._set(roundsPerEpoch=value)
+
+    def setBlockMomentum(self, value: float) -> Self:
+        return self._set(blockMomentum=value)
+
+    def setBlockLearningRate(self, value: float) -> Self:
+        return self._set(blockLearningRate=value)
+
+    def setLocalMomentum(self, value: str) -> Self:
+        return self._set(localMomentum=value)
+
+    def setLocalLrScale(self, value: float) -> Self:
+        return self._set(localLrScale=value)
+
+    def setLocalBatchSize(self, value: int) -> Self:
+        return self._set(localBatchSize=value)
+
+    def setLrWarmupEpochs(self, value: float) -> Self:
+        return self._set(lrWarmupEpochs=value)
+
 
 class _StackSetters(_PretrainSetters):
     def setLayers(self, value: list[int]) -> Self:
@@ -384,7 +475,12 @@ _CONFIG_FIELDS = {
     "featuresCol": "features_col", "labelCol": "label_col", "visible": "visible", "k": "k",
     "learningRate": "learning_rate", "momentum": "momentum", "weightDecay": "weight_decay",
     "batchSize": "batch_size", "maxIter": "epochs", "seed": "seed",
-    "numPartitions": "partitions", "schedule": "schedule", "startAfter": "start_after",
+    "numPartitions": "partitions", "averaging": "averaging",
+    "roundsPerEpoch": "rounds_per_epoch", "blockMomentum": "block_momentum",
+    "blockLearningRate": "block_learning_rate", "localMomentum": "local_momentum",
+    "localLrScale": "local_lr_scale", "lrWarmupEpochs": "lr_warmup_epochs",
+    "localBatchSize": "local_batch_size",
+    "schedule": "schedule", "startAfter": "start_after",
     "publishEvery": "publish_every", "finalEpochs": "final_epochs",
     "representation": "representation", "roughVersions": "rough_versions",
     "cacheVersions": "cache_versions", "keepVersions": "keep_versions",
@@ -408,11 +504,13 @@ _RULES: dict[str, _Rule] = {
     **dict.fromkeys(
         ("numHidden", "k", "learningRate", "batchSize", "maxIter", "numPartitions", "startAfter",
          "publishEvery", "finalEpochs", "keepVersions", "finetuneEpochs", "finetuneLearningRate",
-         "finetuneBatchSize", "finetuneLrDecay"),
+         "finetuneBatchSize", "finetuneLrDecay", "roundsPerEpoch", "blockLearningRate",
+         "localLrScale", "localBatchSize"),
         _POSITIVE,
     ),
-    **dict.fromkeys(("momentum", "finetuneMomentum"), _FRACTION),
-    **dict.fromkeys(("weightDecay", "finetuneWeightDecay", "seed"), _NON_NEGATIVE),
+    **dict.fromkeys(("momentum", "finetuneMomentum", "blockMomentum"), _FRACTION),
+    **dict.fromkeys(("weightDecay", "finetuneWeightDecay", "seed", "lrWarmupEpochs"),
+                    _NON_NEGATIVE),
     "layers": (lambda v: len(v) > 0 and min(v) > 0, "a non-empty list of positive sizes"),
     "visible": _one_of(VISIBLE),
     "schedule": _one_of(SCHEDULES),
@@ -420,6 +518,8 @@ _RULES: dict[str, _Rule] = {
     "roughVersions": _one_of(ROUGH_VERSIONS),
     "cacheVersions": _one_of(CACHE_VERSIONS),
     "finetuneLrSchedule": _one_of(LR_SCHEDULES),
+    "averaging": _one_of(CHOICES),
+    "localMomentum": _one_of(LOCAL_MOMENTUM),
 }
 
 
@@ -731,6 +831,14 @@ class RBM(
         maxIter: int = _DEFAULTS.epochs,
         seed: int = _DEFAULTS.seed,
         numPartitions: int | None = None,
+        averaging: str = _DEFAULTS.averaging,
+        roundsPerEpoch: int | None = None,
+        blockMomentum: float | None = None,
+        blockLearningRate: float | None = None,
+        localMomentum: str | None = None,
+        localLrScale: float | None = None,
+        lrWarmupEpochs: float | None = None,
+        localBatchSize: int | None = None,
     ) -> None:
         super().__init__()
         self._set(**self._input_kwargs)
@@ -751,6 +859,14 @@ class RBM(
         maxIter: int = _DEFAULTS.epochs,
         seed: int = _DEFAULTS.seed,
         numPartitions: int | None = None,
+        averaging: str = _DEFAULTS.averaging,
+        roundsPerEpoch: int | None = None,
+        blockMomentum: float | None = None,
+        blockLearningRate: float | None = None,
+        localMomentum: str | None = None,
+        localLrScale: float | None = None,
+        lrWarmupEpochs: float | None = None,
+        localBatchSize: int | None = None,
     ) -> RBM:
         return self._set(**self._input_kwargs)
 
@@ -799,6 +915,14 @@ class DBN(
         maxIter: int = _DEFAULTS.epochs,
         seed: int = _DEFAULTS.seed,
         numPartitions: int | None = None,
+        averaging: str = _DEFAULTS.averaging,
+        roundsPerEpoch: int | None = None,
+        blockMomentum: float | None = None,
+        blockLearningRate: float | None = None,
+        localMomentum: str | None = None,
+        localLrScale: float | None = None,
+        lrWarmupEpochs: float | None = None,
+        localBatchSize: int | None = None,
         schedule: str = _DEFAULTS.schedule,
         startAfter: int = _DEFAULTS.start_after,
         publishEvery: int = _DEFAULTS.publish_every,
@@ -828,6 +952,14 @@ class DBN(
         maxIter: int = _DEFAULTS.epochs,
         seed: int = _DEFAULTS.seed,
         numPartitions: int | None = None,
+        averaging: str = _DEFAULTS.averaging,
+        roundsPerEpoch: int | None = None,
+        blockMomentum: float | None = None,
+        blockLearningRate: float | None = None,
+        localMomentum: str | None = None,
+        localLrScale: float | None = None,
+        lrWarmupEpochs: float | None = None,
+        localBatchSize: int | None = None,
         schedule: str = _DEFAULTS.schedule,
         startAfter: int = _DEFAULTS.start_after,
         publishEvery: int = _DEFAULTS.publish_every,
@@ -889,6 +1021,14 @@ class DBNClassifier(
         maxIter: int = _DEFAULTS.epochs,
         seed: int = _DEFAULTS.seed,
         numPartitions: int | None = None,
+        averaging: str = _DEFAULTS.averaging,
+        roundsPerEpoch: int | None = None,
+        blockMomentum: float | None = None,
+        blockLearningRate: float | None = None,
+        localMomentum: str | None = None,
+        localLrScale: float | None = None,
+        lrWarmupEpochs: float | None = None,
+        localBatchSize: int | None = None,
         schedule: str = _DEFAULTS.schedule,
         startAfter: int = _DEFAULTS.start_after,
         publishEvery: int = _DEFAULTS.publish_every,
@@ -928,6 +1068,14 @@ class DBNClassifier(
         maxIter: int = _DEFAULTS.epochs,
         seed: int = _DEFAULTS.seed,
         numPartitions: int | None = None,
+        averaging: str = _DEFAULTS.averaging,
+        roundsPerEpoch: int | None = None,
+        blockMomentum: float | None = None,
+        blockLearningRate: float | None = None,
+        localMomentum: str | None = None,
+        localLrScale: float | None = None,
+        lrWarmupEpochs: float | None = None,
+        localBatchSize: int | None = None,
         schedule: str = _DEFAULTS.schedule,
         startAfter: int = _DEFAULTS.start_after,
         publishEvery: int = _DEFAULTS.publish_every,

@@ -236,13 +236,13 @@ class StagedRows:
     in the same task. `frame()` is a real DataFrame of the rows, for everything else."""
 
     def __init__(self, spark: SparkSession, parts: StagedParts, columns: list[str]) -> None:
-        self._spark, self.parts = spark, parts
+        self.spark, self.parts = spark, parts
         fields = {f.name: f for f in parts.struct.fields}
         self.schema = T.StructType([fields[c] for c in columns])
         self.columns = list(columns)
 
     def select(self, *columns: str) -> StagedRows:
-        return StagedRows(self._spark, self.parts, list(columns))
+        return StagedRows(self.spark, self.parts, list(columns))
 
     def mapInArrow(self, fn: Batches, schema: str | T.StructType) -> DataFrame:  # noqa: N802
         parts, columns = self.parts, self.columns
@@ -255,17 +255,52 @@ class StagedRows:
             yield from fn(iter(parts.table(TaskContext.get().partitionId(), columns).to_batches()))
 
         n = parts.partitions
-        return self._spark.range(0, n, 1, n).mapInArrow(run, schema)
+        return self.spark.range(0, n, 1, n).mapInArrow(run, schema)
+
+    def map_parts(
+        self,
+        fn: Callable[[Iterator[tuple[int, pa.Table]]], Iterator[pa.RecordBatch]],
+        schema: str | T.StructType,
+        tasks: int | None = None,
+    ) -> DataFrame:
+        """A stage of `tasks` tasks (default: the session's parallelism), each handing `fn`
+        its run of consecutive partitions (`task_runs`) as (partition, rows)."""
+        parts, columns = self.parts, self.columns
+        if tasks is None:
+            tasks = self.spark.sparkContext.defaultParallelism
+        runs = task_runs(parts.partitions, tasks)
+
+        def run(source: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+            from pyspark import TaskContext
+
+            for _ in source:
+                pass
+            ids = runs[TaskContext.get().partitionId()]
+            yield from fn((i, parts.table(i, columns)) for i in ids)
+
+        return self.spark.range(0, len(runs), 1, len(runs)).mapInArrow(run, schema)
 
     def frame(self) -> DataFrame:
         return self.mapInArrow(lambda batches: batches, self.schema)
 
 
+def task_runs(partitions: int, tasks: int) -> list[range]:
+    """Partitions 0..partitions-1 cut into min(tasks, partitions) runs of consecutive ones,
+    as evenly as whole partitions allow."""
+    count = max(1, min(tasks, partitions))
+    return [range(i * partitions // count, (i + 1) * partitions // count) for i in range(count)]
+
+
 def stage_directory(spark: SparkSession) -> str:
-    """A new directory for staged partitions, in the application's scratch space (removed
-    with the SparkContext), beside the driver's files."""
+    """A new directory for staged partitions (see `scratch_directory`)."""
+    return scratch_directory(spark, "staged")
+
+
+def scratch_directory(spark: SparkSession, kind: str) -> str:
+    """A new directory in the application's scratch space (removed with the SparkContext),
+    beside the driver's files, which every task of a local master can reach."""
     from pyspark import SparkFiles
 
-    path = os.path.join(SparkFiles.getRootDirectory(), f"sparkdbn-staged-{uuid.uuid4().hex}")
+    path = os.path.join(SparkFiles.getRootDirectory(), f"sparkdbn-{kind}-{uuid.uuid4().hex}")
     os.makedirs(path)
     return path

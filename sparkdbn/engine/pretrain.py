@@ -42,6 +42,7 @@ def layer_trainer(
     return LayerTrainer(
         spark, layer, params, cd_config(cfg, layer), cfg.seed, cfg.epochs, run, pool,
         cfg.final_momentum, cfg.momentum_epochs, checkpoint, cfg.fail_partitions,
+        cfg.averaging_settings,
     )
 
 

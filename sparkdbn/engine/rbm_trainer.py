@@ -1,4 +1,4 @@
-"""Train one RBM layer, one averaging round per epoch, on whatever input the schedule gives."""
+"""Train one RBM layer, epoch by epoch of averaging rounds, on whatever input the schedule gives."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from sparkdbn.engine.averaging import (
     EmittingRound,
     EmittingStep,
     PartitionStep,
+    Round,
     RoundResult,
     StepResult,
     average_round,
@@ -28,37 +29,51 @@ from sparkdbn.engine.checkpoint import Checkpoint
 from sparkdbn.engine.divergence import divergence
 from sparkdbn.engine.faults import failing_first_attempt
 from sparkdbn.engine.jobinfo import described, spark_context
+from sparkdbn.engine.rounds import AveragingLoop, divergence_warning
 from sparkdbn.engine.store import Batches, checksum_of, checksum_terms
 from sparkdbn.errors import DivergenceError
-from sparkdbn.kernels.rbm import DTYPE, CDConfig, RBMParams, cd_epoch
+from sparkdbn.kernels.averaging import AUTO, PRETRAINING, AveragingSettings
+from sparkdbn.kernels.rbm import (
+    DTYPE,
+    CDConfig,
+    RBMParams,
+    cd_epoch,
+    hidden_probs,
+    sample_bernoulli,
+)
 from sparkdbn.metrics import EpochRecord, LayerLog, RunLog
 
 
 def _epoch(
-    table: pa.Table, state: np.ndarray, rng: np.random.Generator, n_visible: int, n_hidden: int,
-    cfg: CDConfig, checksum: bool, hidden_out: np.ndarray | None = None, sample: bool = False,
+    table: pa.Table, state: np.ndarray, rng: np.random.Generator, rows: np.ndarray,
+    n_visible: int, n_hidden: int, cfg: CDConfig, checksum: bool,
+    hidden_out: np.ndarray | None = None, sample: bool = False,
 ) -> StepResult:
-    """CD-k over the partition's rows from `state` ([parameters, momentum buffers]); the sums
-    are the squared reconstruction error and, with `checksum`, the rows' checksum terms."""
+    """CD-k over the partition's `rows` from `state` ([parameters, momentum buffers]); the sums
+    are the squared reconstruction error and, with `checksum`, those rows' checksum terms."""
     size = n_visible * n_hidden + n_visible + n_hidden
     X = unpack_rows(table.column(PACKED_X), n_visible)
     params = RBMParams.from_flat(state[:size], n_visible, n_hidden)
     velocity = RBMParams.from_flat(state[size:], n_visible, n_hidden)
-    stats = cd_epoch(params, velocity, X, cfg, rng, hidden_out=hidden_out, hidden_sample=sample)
+    stats = cd_epoch(
+        params, velocity, X, cfg, rng, hidden_out=hidden_out, hidden_sample=sample, rows=rows
+    )
     new_state = np.concatenate([params.to_flat(), velocity.to_flat()])
-    sums = [stats.recon_sq_error, *(exact_limbs(checksum_terms(X)) if checksum else [])]
-    return new_state, stats.n_rows, np.array(sums)
+    terms = exact_limbs(checksum_terms(X[rows])) if checksum else []
+    return new_state, stats.n_rows, np.array([stats.recon_sq_error, *terms])
 
 
 def rbm_step(n_visible: int, n_hidden: int, cfg: CDConfig, checksum: bool = False) -> PartitionStep:
-    """The per-partition work of one epoch: CD-k over all the partition's rows.
+    """The per-partition work of one round: CD-k over the partition's rows of the round.
 
     The state is [parameters, momentum buffers], so momentum is averaged like the weights.
     With `checksum`, the rows' checksum terms ride along as two more sums (exact limbs).
     """
 
-    def step(table: pa.Table, state: np.ndarray, rng: np.random.Generator) -> StepResult:
-        return _epoch(table, state, rng, n_visible, n_hidden, cfg, checksum)
+    def step(
+        table: pa.Table, state: np.ndarray, rng: np.random.Generator, rows: np.ndarray
+    ) -> StepResult:
+        return _epoch(table, state, rng, rows, n_visible, n_hidden, cfg, checksum)
 
     return step
 
@@ -66,14 +81,24 @@ def rbm_step(n_visible: int, n_hidden: int, cfg: CDConfig, checksum: bool = Fals
 def rbm_emitting_step(
     n_visible: int, n_hidden: int, cfg: CDConfig, sample: bool, checksum: bool = False
 ) -> EmittingStep:
-    """`rbm_step` that also emits every row (id, x, label) with x replaced by its positive
-    phase during the epoch: hidden probabilities, or sampled states with `sample`."""
+    """`rbm_step` that also emits every row of the partition (id, x, label) with x replaced by
+    its positive phase: hidden probabilities, or sampled states with `sample`. The round's rows
+    get it from their own mini-batch; the partition's other rows (an epoch of several rounds
+    emits in its last) from the weights the round starts with."""
 
     def step(
-        table: pa.Table, state: np.ndarray, rng: np.random.Generator
+        table: pa.Table, state: np.ndarray, rng: np.random.Generator, rows: np.ndarray
     ) -> tuple[StepResult, Iterator[pa.RecordBatch]]:
         H = np.empty((table.num_rows, n_hidden), DTYPE)
-        result = _epoch(table, state, rng, n_visible, n_hidden, cfg, checksum, H, sample)
+        others = np.ones(table.num_rows, bool)
+        others[rows] = False
+        if others.any():
+            size = n_visible * n_hidden + n_visible + n_hidden
+            start = RBMParams.from_flat(state[:size], n_visible, n_hidden)
+            H[others] = hidden_probs(start, unpack_rows(table.column(PACKED_X), n_visible)[others])
+        result = _epoch(table, state, rng, rows, n_visible, n_hidden, cfg, checksum, H, sample)
+        if sample and others.any():  # drawn after the round's own draws, which stay as they were
+            H[others] = sample_bernoulli(H[others], rng, out=np.empty_like(H[others]))
         return result, _with_hidden(table, H)
 
     return step
@@ -111,7 +136,7 @@ class LayerTrainer:
     """State and epoch loop of one layer; the schedule decides which data each epoch sees.
 
     With a checkpoint, the trainer starts from its saved state and epoch (if any) and saves
-    after its epochs; every epoch's result passes the divergence guard before it is kept.
+    after its epochs; every round's result passes the divergence guard before it is kept.
     """
 
     def __init__(
@@ -128,6 +153,7 @@ class LayerTrainer:
         momentum_epochs: int = 0,
         checkpoint: Checkpoint | None = None,
         fail_partitions: frozenset[int] = frozenset(),
+        averaging: AveragingSettings = AUTO,
     ) -> None:
         self.spark = spark
         self.layer = layer
@@ -137,16 +163,20 @@ class LayerTrainer:
         self.run = run
         self.pool = pool
         self.n_visible, self.n_hidden = params.n_visible, params.n_hidden
-        self.state = initial_state(params)
+        self.param_size = params.to_flat().size
+        self.loop = AveragingLoop(initial_state(params), self.param_size)
+        self.averaging = averaging
         self.epoch = 0
         self.log: LayerLog = run.layer(layer, self.n_visible, self.n_hidden)
         self.final_momentum = final_momentum
         self.momentum_epochs = momentum_epochs
         self.fail_partitions = fail_partitions
         self.checkpoint = checkpoint
-        saved = None if checkpoint is None else checkpoint.restore(self.name, self.state.size)
+        self._warned = False
+        saved = None if checkpoint is None else checkpoint.restore(self.name, self.loop.saved_size)
         if saved is not None:
-            self.state, self.epoch = saved.state, saved.epoch
+            self.loop.restore(saved.state)
+            self.epoch = saved.epoch
             self.log.epochs = [EpochRecord(**record) for record in saved.records]
             run.reporter.event("resumed", layer=layer, after_epoch=self.epoch, epochs=epochs)
 
@@ -156,9 +186,13 @@ class LayerTrainer:
         return f"layer_{self.layer}"
 
     @property
+    def state(self) -> np.ndarray:
+        """[parameters, momentum buffers] of the global model."""
+        return self.loop.state
+
+    @property
     def params(self) -> RBMParams:
-        size = self.n_visible * self.n_hidden + self.n_visible + self.n_hidden
-        return RBMParams.from_flat(self.state[:size], self.n_visible, self.n_hidden)
+        return RBMParams.from_flat(self.state[: self.param_size], self.n_visible, self.n_hidden)
 
     def epoch_config(self) -> CDConfig:
         """Hinton's schedule: the initial momentum first, then `final_momentum` if set."""
@@ -166,11 +200,11 @@ class LayerTrainer:
             return self.cfg
         return dataclasses.replace(self.cfg, momentum=self.final_momentum)
 
-    def _check(self, result: RoundResult, data: PackedData) -> RoundResult:
-        """Raise unless the round is fit to keep: no divergence, and the data's owed check."""
+    def _guard(self, state: np.ndarray, result: RoundResult) -> None:
+        """Raise unless the round is fit to keep."""
         recon = float(result.sums[0] / result.n_rows)
         first = self.log.epochs[0].recon_error if self.log.epochs else None
-        why = divergence(result.state, recon, first, "reconstruction error")
+        why = divergence(state, recon, first, "reconstruction error")
         if why is not None:
             gaussian = self.cfg.visible == "gaussian"
             hint = " (Gaussian visible units also need standardized data)" if gaussian else ""
@@ -178,10 +212,13 @@ class LayerTrainer:
                 f"training diverged at layer {self.layer}, epoch {self.epoch + 1}/{self.epochs}: "
                 f"{why}; lower learning_rate{hint}"
             )
+
+    @staticmethod
+    def _verify(data: PackedData, n_rows: int, sums: np.ndarray) -> None:
+        """The data's owed first-pass check, over all the epoch's rows."""
         if data.check is not None:
-            data.check.verify(result.n_rows, checksum_of(from_limbs(result.sums[1:3])))
+            data.check.verify(n_rows, checksum_of(from_limbs(sums[1:3])))
             data.check = None
-        return result
 
     @property
     def done(self) -> bool:
@@ -194,11 +231,12 @@ class LayerTrainer:
     def train_epoch(
         self, data: PackedData, version: int | None = None, publish: RoughPublish | None = None
     ) -> EpochRecord:
-        """One epoch over `data` (seeded by seed, layer, epoch and partition).
+        """One epoch over `data`: its averaging rounds, seeded by seed, layer, epoch and
+        partition (see `engine.rounds`).
 
-        With `publish`, the epoch's stage also writes the rows' positive phase as a rough
-        version, which is committed only if the epoch passes its checks. Data that still owes
-        its check (`PackedData.check`) is verified by this pass; a mismatch raises
+        With `publish`, the epoch's last stage also writes the rows' positive phase as a rough
+        version, which is committed only if the round passes its checks. Data that still owes
+        its check (`PackedData.check`) is verified by this epoch's rounds; a mismatch raises
         CorruptVersionError and the epoch is not kept.
         """
         if data.width != self.n_visible:
@@ -211,40 +249,76 @@ class LayerTrainer:
         text = f"layer {self.layer} · epoch {self.epoch + 1}"
         seed_key = (self.seed, self.layer, self.epoch)
         cfg, checksum = self.epoch_config(), data.check is not None
-        with described(self.spark, text + (" + rough version" if publish else ""), self.pool):
-            if publish is None:
-                step = rbm_step(self.n_visible, self.n_hidden, cfg, checksum)
-                result = average_round(
-                    data.rows(PACKED_X), self.state,
-                    failing_first_attempt(step, self.fail_partitions), seed_key, data.partitions,
-                )
-                self._check(result, data)
-            else:
-                emitting = rbm_emitting_step(
-                    self.n_visible, self.n_hidden, cfg, publish.sample, checksum
+        averaging = self.averaging.resolve(
+            data.partitions, data.n_rows, cfg.batch_size, self.epochs, PRETRAINING
+        )
+
+        batch = averaging.batch_size or cfg.batch_size
+
+        def round_config(rnd: Round) -> CDConfig:
+            factor = averaging.lr_factor(self.epoch, rnd.index)
+            return dataclasses.replace(
+                cfg, learning_rate=cfg.learning_rate * factor, batch_size=batch
+            )
+
+        def run_round(state: np.ndarray, rnd: Round) -> RoundResult:
+            step = failing_first_attempt(
+                rbm_step(self.n_visible, self.n_hidden, round_config(rnd), checksum),
+                self.fail_partitions,
+            )
+            return average_round(
+                data.rows(PACKED_X), state, step, seed_key, data.partitions, rnd, self.param_size
+            )
+
+        last_round = None
+        if publish is not None:
+
+            def last_round(
+                state: np.ndarray, rnd: Round, settle: Callable[[RoundResult], None]
+            ) -> None:
+                emitting = failing_first_attempt(
+                    rbm_emitting_step(
+                        self.n_visible, self.n_hidden, round_config(rnd), publish.sample, checksum
+                    ),
+                    self.fail_partitions,
                 )
                 sc = spark_context(self.spark)
-                rnd = EmittingRound(
-                    sc, self.state, failing_first_attempt(emitting, self.fail_partitions), seed_key
-                )
-                checked: list[RoundResult] = []
-                publish.write(rnd.batches, lambda: checked.append(self._check(rnd.result(), data)))
-                (result,) = checked
+                emitter = EmittingRound(sc, state, emitting, seed_key, rnd, self.param_size)
+                publish.write(emitter.batches, lambda: settle(emitter.result()))
+
+        with described(self.spark, text + (" + rough version" if publish else ""), self.pool):
+            result = self.loop.epoch(
+                averaging, batch, run_round, self._guard, last_round,
+                accept=lambda done: self._verify(data, done.n_rows, done.sums),
+            )
         seconds = time.perf_counter() - start
-        recon = float(result.sums[0] / result.n_rows)
-        self.state = result.state
         record = EpochRecord(
             epoch=self.epoch,
-            recon_error=recon,
+            recon_error=float(result.sums[0] / result.n_rows),
             seconds=round(seconds, 4),
             rows_per_second=round(result.n_rows / seconds, 1),
             input_version=version,
+            rounds=averaging.rounds,
+            replica_divergence=[round(d, 4) for d in result.divergence],
         )
         self.run.record_epoch(self.log, record, self.epochs)
+        self._warn(result.max_divergence, data.partitions)
         self.epoch += 1
         if self.done:
             self.log.finished_at = self.run.now()
         if self.checkpoint is not None:
             records = [asdict(r) for r in self.log.epochs]
-            self.checkpoint.save(self.name, self.state, self.epoch, records, last=self.done)
+            self.checkpoint.save(
+                self.name, self.loop.saved_state(), self.epoch, records, last=self.done
+            )
         return record
+
+    def _warn(self, figure: float, partitions: int) -> None:
+        """Warn once per layer when the partitions' models cancel out in the average."""
+        message = divergence_warning(figure, partitions)
+        if message is not None and not self._warned:
+            self._warned = True
+            self.run.reporter.event(
+                "warning", level="warning", layer=self.layer,
+                message=f"layer {self.layer}: {message}",
+            )

@@ -151,6 +151,7 @@ def _finetune_and_evaluate(
         spark, packed, start, _sgd_config(cfg), cfg.finetune_epochs, (cfg.seed, n_layers),
         cfg.finetune_lr_decay, cfg.finetune_lr_schedule, name="fine-tune", report=report,
         checkpoint=checkpoint, fail_partitions=cfg.fail_partitions,
+        averaging=cfg.averaging_settings,
     )
     result.model = result.model.with_mlp(tuned)
     if test is not None:
@@ -167,6 +168,7 @@ def _finetune_and_evaluate(
             (cfg.seed, n_layers + 1), cfg.finetune_lr_decay, cfg.finetune_lr_schedule,
             name="baseline", report=report,
             checkpoint=checkpoint, fail_partitions=cfg.fail_partitions,
+            averaging=cfg.averaging_settings,
         )
         if test is not None:
             result.baseline_evaluation = evaluate(predict_packed(test, base), n_classes)

@@ -239,10 +239,12 @@ def sgd_epoch(
     y: np.ndarray,
     cfg: SGDConfig,
     rng: np.random.Generator,
+    rows: np.ndarray | None = None,
 ) -> EpochStats:
     """One pass of mini-batch SGD with momentum over the rows of X, updating in place.
 
-    Rows are visited in the order rng.permutation(n); the last short batch is included. Per
+    Rows are visited in the order rng.permutation(n), or with `rows` those row indices in their
+    order (an averaging round's slice of the epoch's order); the last short batch is included. Per
     batch: v = momentum·v - lr·(grad + wd·W); W += v (biases alike, without decay). Loss and
     accuracy come from each batch's forward pass before its update, at no extra cost.
     """
@@ -253,11 +255,11 @@ def sgd_epoch(
             f"velocity {velocity.sizes} ({velocity.dtype}) does not match parameters "
             f"{params.sizes} ({params.dtype})"
         )
-    n_rows = X.shape[0]
+    order = rng.permutation(X.shape[0]) if rows is None else rows
+    n_rows = order.shape[0]
     stats = EpochStats(n_rows=n_rows)
     if n_rows == 0:
         return stats
-    order = rng.permutation(n_rows)
     batch = min(cfg.batch_size, n_rows)
     buf = _Buffers(params, batch, with_decay=cfg.weight_decay > 0)
     keep = 1.0 - cfg.dropout

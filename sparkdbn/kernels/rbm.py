@@ -303,12 +303,14 @@ def cd_epoch(
     shuffle: bool = True,
     hidden_out: np.ndarray | None = None,
     hidden_sample: bool = False,
+    rows: np.ndarray | None = None,
 ) -> EpochStats:
     """One pass of CD-k mini-batch updates over the rows of X, updating params in place.
 
     Rows are visited in an order drawn from `rng` (when `shuffle`), so the same generator seed
-    and the same rows give bit-identical parameters. The returned reconstruction error is
-    measured on each mini-batch before its update, at no extra matrix product.
+    and the same rows give bit-identical parameters; or, with `rows`, those row indices in
+    their order (an averaging round's slice of the epoch's order). The returned reconstruction
+    error is measured on each mini-batch before its update, at no extra matrix product.
 
     With `hidden_out` (rows × n_hidden), each row's positive phase lands in its row: P(h | v)
     under the weights its mini-batch met, or the sampled states with `hidden_sample`. That is
@@ -317,27 +319,29 @@ def cd_epoch(
     X = np.ascontiguousarray(X, dtype=DTYPE)
     if X.ndim != 2 or X.shape[1] != params.n_visible:
         raise ValueError(f"X has shape {X.shape}, expected (rows, {params.n_visible})")
-    n_rows = X.shape[0]
-    expected = (n_rows, params.n_hidden)
+    expected = (X.shape[0], params.n_hidden)
     if hidden_out is not None and hidden_out.shape != expected:
         raise ValueError(f"hidden_out has shape {hidden_out.shape}, expected {expected}")
+    order = rows if rows is not None else rng.permutation(X.shape[0]) if shuffle else None
+    n_rows = X.shape[0] if order is None else order.shape[0]
     stats = EpochStats(n_rows=n_rows)
     if n_rows == 0:
         return stats
-    order = rng.permutation(n_rows) if shuffle else None
     batch = min(cfg.batch_size, n_rows)
     buf = _Buffers(batch, params.n_visible, params.n_hidden, with_decay=cfg.weight_decay > 0)
     for start in range(0, n_rows, batch):
         stop = min(start + batch, n_rows)
         views = buf.rows(stop - start)
         if order is None:
-            rows: slice | np.ndarray = slice(start, stop)
-            np.copyto(views.v0, X[rows])
+            batch_rows: slice | np.ndarray = slice(start, stop)
+            np.copyto(views.v0, X[batch_rows])
         else:
-            rows = order[start:stop]
+            batch_rows = order[start:stop]
             # Indices come from a permutation: mode="clip" skips take's bounds-checking copy.
-            np.take(X, rows, axis=0, out=views.v0, mode="clip")
-        positive = None if hidden_out is None else _row_writer(hidden_out, rows, hidden_sample)
+            np.take(X, batch_rows, axis=0, out=views.v0, mode="clip")
+        positive = (
+            None if hidden_out is None else _row_writer(hidden_out, batch_rows, hidden_sample)
+        )
         stats.recon_sq_error += _cd_batch(params, velocity, cfg, rng, views, positive)
     return stats
 

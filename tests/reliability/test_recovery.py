@@ -29,10 +29,13 @@ import pytest
 from sparkdbn.engine.checkpoint import MANIFEST, checkpoint_dir
 from tests.conftest import run_job, start_job
 
-EPOCHS, FINETUNE_EPOCHS = 5, 4
+EPOCHS, FINETUNE_EPOCHS, ROUNDS = 5, 4, 3
+# Three averaging rounds per epoch with Nesterov block momentum: kills between rounds, and
+# retried tasks inside them, must not change a bit either.
 ARGS = (
     "--layers", "784,32,16", "--epochs", str(EPOCHS), "--partitions", "2",
     "--finetune-epochs", str(FINETUNE_EPOCHS), "--checkpoint-every", "1", "--seed", "3",
+    "--averaging", "nesterov", "--rounds-per-epoch", str(ROUNDS),
 )  # fmt: skip
 QUICK_JVM = {"JAVA_TOOL_OPTIONS": "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC"}
 POLL_SECONDS = 0.02
@@ -183,12 +186,13 @@ def test_killed_twice_resumes_to_the_bit_identical_model(runs) -> None:
 @pytest.mark.slow
 def test_injected_task_failures_change_nothing(runs) -> None:
     """Partition 1's task fails its first attempt in every training round (the executor logs
-    each failure once: 2 layers × 5 epochs + 4 fine-tuning epochs); Spark's retries (local[2,4])
-    finish the run, and the model is bit-identical to the fault-free one."""
+    each failure once: 3 rounds of 2 layers × 5 epochs + 4 fine-tuning epochs); Spark's
+    retries (local[2,4]) finish the run, and the model is bit-identical to the fault-free
+    one."""
     faults, out = runs.result("faults")
     reference, reference_out = runs.result("reference")
     assert faults.returncode == 0, faults.stderr
     assert reference.returncode == 0, reference.stderr
     failures = faults.stderr.count("injected fault (fault_injection): partition 1, first attempt")
-    assert failures == 2 * EPOCHS + FINETUNE_EPOCHS
+    assert failures == ROUNDS * (2 * EPOCHS + FINETUNE_EPOCHS)
     assert_same_model(out, reference_out)

@@ -253,9 +253,20 @@ def check_hidden(model, test_df, width: int) -> None:
 
 
 def test_rbm_transformer_matches_numpy(train_df, test_df, tmp_path: Path, capsys):
-    model = RBM(numHidden=32, maxIter=2, numPartitions=2).fit(train_df)
+    rbm = RBM(numHidden=32, maxIter=2, numPartitions=2, averaging="nesterov", roundsPerEpoch=3,
+              blockMomentum=0.4, localMomentum="averaged", localLrScale=1.5, lrWarmupEpochs=1.0)
+    model = rbm.fit(train_df)
     assert capsys.readouterr().out == ""  # the engine's progress lines stay out of stdout
     assert isinstance(model, RBMModel)
+    # The averaging params reach the engine and stay with the model.
+    assert [e["rounds"] for e in model.trainingMetrics["layers"][0]["epochs"]] == [3, 3]
+    config = model.stack.config
+    assert (config["averaging"], config["block_momentum"], config["local_lr_scale"]) == (
+        "nesterov", 0.4, 1.5
+    )
+    assert (model.getAveraging(), model.getRoundsPerEpoch(), model.getLocalMomentum()) == (
+        "nesterov", 3, "averaged"
+    )
     check_hidden(model, test_df, 32)
     model.save(str(tmp_path / "rbm"))
     loaded = RBMModel.load(str(tmp_path / "rbm"))
@@ -373,6 +384,13 @@ def test_sparse_count_vectors_train_a_classifier(spark):
         (DBN(roughVersions="never"), "roughVersions"),
         (DBN(cacheVersions="sometimes"), "cacheVersions"),
         (DBN(keepVersions=0), "keepVersions"),
+        (DBN(averaging="mean"), "averaging"),
+        (DBN(roundsPerEpoch=0), "roundsPerEpoch"),
+        (DBNClassifier(blockMomentum=1.0), "blockMomentum"),
+        (DBNClassifier(blockLearningRate=0.0), "blockLearningRate"),
+        (RBM(localMomentum="kept"), "localMomentum"),
+        (RBM(localLrScale=-1.0), "localLrScale"),
+        (RBM(lrWarmupEpochs=-1.0), "lrWarmupEpochs"),
         (RBM(numHidden=0), "numHidden"),
         (RBM(seed=-1), "seed"),
     ],

@@ -58,10 +58,11 @@ def trained(spark, data: PackedData, epochs: int = 2) -> np.ndarray:
     return t.state
 
 
-@pytest.mark.parametrize("partitions", [3, 7])
+@pytest.mark.parametrize("partitions", [3, 7, 19])
 def test_staged_rows_train_like_cached_rows(spark, X, partitions) -> None:
     """The same partitions in the same order, so a layer trains bit-identically; 7 partitions
-    of 90 rows leave some empty, which have no file."""
+    of 90 rows leave some empty, which have no file; 19 make three sum groups, one of them
+    split between the two tasks, which the average must add as the cached path does."""
     assert local_master(spark)
     staged = prepare(spark, frame(spark, X), partitions=partitions)
     cached = prepare(spark, frame(spark, X), partitions=partitions, stage=False)

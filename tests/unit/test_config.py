@@ -18,8 +18,9 @@ def test_default_toml_documents_the_real_defaults() -> None:
 
 
 def test_shipped_configs_are_valid() -> None:
-    cfg = load_config(CONF / "fashion_mnist.toml", {})
-    assert cfg.layers[0] == 784 and cfg.finetune_epochs > 0
+    for name in ("fashion_mnist.toml", "scaling.toml"):
+        cfg = load_config(CONF / name, {})
+        assert cfg.layers[0] == 784 and cfg.finetune_epochs > 0
 
 
 def test_flags_override_the_file(tmp_path: Path) -> None:
@@ -50,6 +51,15 @@ def test_flags_override_the_file(tmp_path: Path) -> None:
         ("finetune_lr_schedule = 'step'", "config finetune_lr_schedule must be one of"),
         ("epochs = 2\nfinal_epochs = 3\nschedule = 'pipelined'", "must not exceed epochs"),
         ("epochs = [", "is not valid TOML"),
+        ("averaging = 'mean'", "config averaging must be one of auto|plain|block|nesterov"),
+        ("rounds_per_epoch = 0", "config rounds_per_epoch must be > 0"),
+        ("block_momentum = 1.0", "config block_momentum must be in [0, 1)"),
+        ("block_momentum = nan", "config block_momentum must be in [0, 1)"),
+        ("block_learning_rate = 0", "config block_learning_rate must be a finite number > 0"),
+        ("block_learning_rate = inf", "config block_learning_rate must be a finite number > 0"),
+        ("local_momentum = 'kept'", "config local_momentum must be one of averaged|reset"),
+        ("local_lr_scale = -2.0", "config local_lr_scale must be a finite number > 0"),
+        ("lr_warmup_epochs = nan", "config lr_warmup_epochs must be a finite number >= 0"),
     ],
 )
 def test_bad_values_name_their_key(tmp_path: Path, text: str, message: str) -> None:
