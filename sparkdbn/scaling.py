@@ -26,6 +26,7 @@ from sparkdbn.config import TrainConfig
 from sparkdbn.engine.training import TrainingResult, train
 from sparkdbn.fsutil import atomic_directory
 from sparkdbn.kernels.averaging import DEFAULT_STRATEGY
+from sparkdbn.logs import Reporter
 
 BASELINE_PARTITIONS = 2
 
@@ -77,16 +78,11 @@ def train_point(
     ).validate()
     store = tempfile.mkdtemp(prefix="sparkdbn-scaling-")
     try:
-        result = train(spark, cfg, store, train_path, test_path, reporter=_quiet())
+        quiet = Reporter("scaling_study", write=lambda line: None)
+        result = train(spark, cfg, store, train_path, test_path, reporter=quiet)
     finally:
         shutil.rmtree(store, ignore_errors=True)
     return _point(result, cfg)
-
-
-def _quiet():
-    from sparkdbn.logs import Reporter
-
-    return Reporter("scaling_study", write=lambda line: None)
 
 
 def study(

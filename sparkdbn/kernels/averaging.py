@@ -203,11 +203,8 @@ class AveragingSettings:
                 "plain", rounds, lr_scale=min(combined, FINETUNE_SCALE / math.sqrt(combined)),
                 warmup_epochs=min(MAX_WARMUP_EPOCHS[1], FINETUNE_WARMUP * epochs),
             )
-        strategy = derived.strategy if self.strategy == "auto" else self.strategy
-        if p == 1:
-            strategy = "plain" if self.strategy == "auto" else strategy
         return Averaging(
-            strategy,
+            derived.strategy if self.strategy == "auto" else self.strategy,
             self.rounds_per_epoch or derived.rounds,
             derived.momentum if self.block_momentum is None else self.block_momentum,
             derived.learning_rate if self.block_learning_rate is None else self.block_learning_rate,
