@@ -48,7 +48,7 @@ KILL_AFTER = f"layer 0 · epoch 1/{EPOCHS} "  # the progress line that triggers 
 SUBMIT_TIMEOUT = 300
 JOB_ARGS = (
     "--layers", "784,32,16", "--epochs", str(EPOCHS), "--schedule", "sequential",
-    "--partitions", "4", "--checkpoint-every", "0", "--seed", "5",
+    "--partitions", "4", "--checkpoint-every", "0", "--seed", "5", "--averaging", "plain",
 )  # fmt: skip
 LAYER_FILES = ("layer_0.npz", "layer_1.npz")
 

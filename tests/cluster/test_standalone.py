@@ -84,7 +84,7 @@ def test_train_dbn_runs_on_the_standalone_cluster(
         "--output", str(output),
         "--layers", "784,32,16", "--epochs", "6", "--schedule", "pipelined",
         "--start-after", "1", "--final-epochs", "1", "--finetune-epochs", "2",
-        "--partitions", "2",
+        "--partitions", "2", "--averaging", "plain",
     ]  # fmt: skip
     done = _submit(args, cluster_env())
     assert done.returncode == 0, done.stderr[-5000:]

@@ -13,6 +13,7 @@ from tests.conftest import start_job
 COMMON = [
     "--layers", "784,32,16", "--schedule", "pipelined", "--start-after", "1",
     "--publish-every", "1", "--final-epochs", "1", "--partitions", "2", "--seed", "5",
+    "--averaging", "plain",
 ]
 
 

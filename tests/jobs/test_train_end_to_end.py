@@ -23,8 +23,9 @@ def trained(fashion_parquet: Path, tmp_path_factory: pytest.TempPathFactory) -> 
         "train_dbn", "--train", str(fashion_parquet / "train"), "--test",
         str(fashion_parquet / "test"), "--output", str(out), "--layers", "784,128,64",
         "--epochs", "3", "--partitions", "2", "--learning-rate", "0.05",
-        "--finetune-epochs", "15", "--finetune-lr-decay", "0.97", "--baseline",
-        "--baseline-learning-rate", "0.02", "--checkpoint-every", "0",
+        "--finetune-epochs", "15", "--finetune-lr-schedule", "exponential",
+        "--finetune-lr-decay", "0.97", "--baseline",
+        "--baseline-learning-rate", "0.02", "--checkpoint-every", "0", "--averaging", "plain",
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "test accuracy (pretrained + fine-tuned)" in result.stdout

@@ -30,7 +30,10 @@ from tests.conftest import run_job
 from tests.reliability.conftest import run_in_process
 
 # A 784→8 Gaussian RBM; with --learning-rate 4 the first epoch ends finite, the second explodes.
-DIVERGE_ARGS = ("--layers", "784,8", "--visible", "gaussian", "--epochs", "4", "--partitions", "2")
+DIVERGE_ARGS = (
+    "--layers", "784,8", "--visible", "gaussian", "--epochs", "4", "--partitions", "2",
+    "--finetune-epochs", "0", "--averaging", "plain",
+)  # fmt: skip
 
 
 def manifest(directory: Path) -> dict:
@@ -95,7 +98,7 @@ def test_exploding_finetuning_loss_is_caught(spark, train_path, tmp_path) -> Non
     """Fine-tuning at rate 1e6: the second epoch's loss exceeds 1000 × the first's. The
     checkpoint keeps the finished layer and fine-tuning's first epoch."""
     cfg = TrainConfig(layers=[784, 8], epochs=1, finetune_epochs=3, finetune_learning_rate=1e6,
-                      partitions=2).validate()
+                      partitions=2, averaging="plain").validate()
     checkpoint = Checkpoint(tmp_path / "ck", cfg.to_dict(), 1)
     with pytest.raises(DivergenceError) as caught:
         train(spark, cfg, str(tmp_path / "store"), train_path, out=io.StringIO(),

@@ -17,7 +17,10 @@ from sparkdbn.kernels.rbm import RBMParams
 from sparkdbn.metrics import RunLog
 from sparkdbn.model import DBNModel
 
-BASE = dict(epochs=5, start_after=1, publish_every=1, final_epochs=2, learning_rate=0.05, seed=3)
+BASE = dict(
+    epochs=5, start_after=1, publish_every=1, final_epochs=2, learning_rate=0.05, seed=3,
+    averaging="plain",
+)
 
 
 @pytest.fixture(scope="module")
