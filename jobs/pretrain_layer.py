@@ -12,8 +12,9 @@ An upper layer that starts before its first input version warms its application 
 All applications must get the same --layers, --schedule (pipelined or sequential) and
 publishing settings. Writes OUTPUT/layer.npz (W, vbias, hbias) and OUTPUT/metrics.json.
 
-This job keeps no checkpoints: --if-exists resume skips a layer whose OUTPUT is finished and
-trains an unfinished one again from its first epoch.
+With checkpoints on (--checkpoint-every, default 1 epoch) a killed layer resumes with
+--if-exists resume from its last checkpointed epoch, on the newest version of its input;
+a layer whose OUTPUT is finished is skipped.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import numpy as np
 
 from sparkdbn.cli import JobParser, run
 from sparkdbn.config import add_arguments, config_from_args
+from sparkdbn.engine.checkpoint import Checkpoint, checkpoint_dir
 from sparkdbn.errors import InputError
 from sparkdbn.fsutil import RESUMABLE_IF_EXISTS, atomic_directory, check_target
 from sparkdbn.logs import Reporter
@@ -34,10 +36,10 @@ def build_parser() -> JobParser:
     parser = JobParser(
         prog="pretrain_layer",
         description="Pretrain one DBN layer, consuming and feeding a shared representation store.",
-        epilog="--if-exists: error (default) refuses an existing OUTPUT (exit 2); overwrite "
-        "replaces it when the layer has trained; resume exits 0 when OUTPUT already holds the "
-        "finished layer (layer.npz) and otherwise trains the layer from its first epoch: this "
-        "job keeps no checkpoints, so resume restarts an interrupted layer. "
+        epilog="--if-exists: error (default) refuses an existing OUTPUT or checkpoint (exit 2); "
+        "overwrite trains afresh and replaces OUTPUT when the layer has trained; resume exits 0 "
+        "when OUTPUT already holds the finished layer (layer.npz) and otherwise continues the "
+        "layer from its checkpoint. "
         "Exit codes: 0 success, 2 bad input or config, 1 other failures.",
     )
     parser.add_argument("--layer", type=int, required=True, help="which layer (0 = bottom)")
@@ -63,17 +65,21 @@ def main(argv: list[str] | None = None) -> None:
     if args.layer == 0 and cfg.train is None:
         raise InputError("layer 0 needs --train")
     check_target(cfg.output, cfg.if_exists, RESUMABLE_IF_EXISTS)
+    run_config = {**cfg.to_dict(), "layer": args.layer}
+    checkpoint = Checkpoint(checkpoint_dir(cfg.output), run_config, cfg.checkpoint_every)
     if cfg.if_exists == "resume" and Path(cfg.output).exists():
         if not (Path(cfg.output) / "layer.npz").is_file():
             raise InputError(
                 f"output {cfg.output!r} exists but holds no finished layer (layer.npz); "
                 "use --if-exists overwrite"
             )
+        checkpoint.remove()  # left over if the last run was killed right after its commit
         reporter.event(
             "done", output=cfg.output, layer=args.layer, skipped=True,
             text=f"layer {args.layer} is already complete in {cfg.output}: nothing to do",
         )
         return
+    checkpoint.prepare(cfg.if_exists)
 
     from sparkdbn.engine.schedules import caches_versions, make_shared, run_layer
     from sparkdbn.engine.training import prepare_training_data
@@ -84,6 +90,9 @@ def main(argv: list[str] | None = None) -> None:
     data = None
     if args.layer == 0:
         data = prepare_training_data(spark, cfg, cfg.train)
+        checkpoint.check_data(
+            {"n_rows": data.n_rows, "width": data.width, "partitions": data.partitions}
+        )
     shared = make_shared(spark, cfg, cfg.store)
     shared.wait_timeout = args.wait_timeout
     log = RunLog(cfg.schedule, reporter=reporter)
@@ -100,11 +109,14 @@ def main(argv: list[str] | None = None) -> None:
         )
         reporter.event("warmed_up", layer=args.layer, seconds=round(seconds, 2),
                        text=f"layer {args.layer} warmed up in {seconds:.1f} s, waiting for input")
-    params = run_layer(spark, args.layer, data, cfg, log, shared)
+    params = run_layer(spark, args.layer, data, cfg, log, shared, checkpoint)
     with atomic_directory(cfg.output) as tmp:
         np.savez(tmp / "layer.npz", W=params.W, vbias=params.vbias, hbias=params.hbias)
         log.extra["layer"] = args.layer
+        if checkpoint.resumed:
+            log.extra["resumed_after_epochs"] = dict(checkpoint.resumed)
         (tmp / "metrics.json").write_text(log.to_json(), encoding="utf-8")
+    checkpoint.remove()
     reporter.event(
         "done", output=cfg.output, layer=args.layer,
         text=f"layer {args.layer} written to {cfg.output}",

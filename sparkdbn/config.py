@@ -32,6 +32,8 @@ ROUGH_VERSIONS = ("in_epoch", "after_epoch")
 CACHE_VERSIONS = ("auto", "always", "never")
 VISIBLE = ("bernoulli", "gaussian")
 CHOICES_OF_AVERAGING = CHOICES
+# Fine-tuning epochs when finetune_epochs is not set and the training data has labels.
+FINETUNE_EPOCHS = 20
 
 
 @dataclass
@@ -129,10 +131,12 @@ class TrainConfig:
         metadata={"help": "representation store path (any Hadoop FS); default: inside OUTPUT"},
     )
     keep_versions: int = field(default=3, metadata={"help": "versions a store keeps per layer"})
-    finetune_epochs: int = field(
-        default=0, metadata={"help": "backprop fine-tuning epochs (0: pretraining only)"}
+    finetune_epochs: int | None = field(
+        default=None,
+        metadata={"help": f"backprop fine-tuning epochs (0: pretraining only; default: "
+                  f"{FINETUNE_EPOCHS} when the training data has the label column, else 0)"},
     )
-    finetune_learning_rate: float = field(default=0.1, metadata={"help": "fine-tuning SGD rate"})
+    finetune_learning_rate: float = field(default=0.2, metadata={"help": "fine-tuning SGD rate"})
     finetune_momentum: float = field(default=0.9, metadata={"help": "fine-tuning momentum"})
     finetune_weight_decay: float = field(
         default=1e-5, metadata={"help": "fine-tuning L2 weight decay"}
@@ -146,7 +150,7 @@ class TrainConfig:
         metadata={"help": "fine-tuning learning rate factor per epoch (exponential schedule)"},
     )
     finetune_lr_schedule: str = field(
-        default="exponential",
+        default="cosine",
         metadata={"help": "fine-tuning learning rate schedule: exponential|cosine (to 0)"},
     )
     n_classes: int | None = field(
@@ -184,6 +188,10 @@ class TrainConfig:
     )
 
     def validate(self) -> TrainConfig:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise InputError(f"config {f.name} must be a finite number, got {value!r}")
         positive = (
             "epochs", "k", "learning_rate", "batch_size", "start_after", "publish_every",
             "final_epochs", "keep_versions", "finetune_learning_rate", "finetune_batch_size",
@@ -196,23 +204,19 @@ class TrainConfig:
         for name in positive:
             if getattr(self, name) <= 0:
                 raise InputError(f"config {name} must be > 0, got {getattr(self, name)!r}")
-        for name in ("rounds_per_epoch", "local_batch_size"):
+        for name in ("rounds_per_epoch", "local_batch_size", "block_learning_rate",
+                     "local_lr_scale"):
             if getattr(self, name) is not None and getattr(self, name) <= 0:
                 raise InputError(f"config {name} must be > 0, got {getattr(self, name)!r}")
-        for name in ("block_learning_rate", "local_lr_scale"):
-            value = getattr(self, name)
-            if value is not None and not 0 < value < math.inf:
-                raise InputError(f"config {name} must be a finite number > 0, got {value!r}")
-        if self.lr_warmup_epochs is not None and not 0 <= self.lr_warmup_epochs < math.inf:
+        if self.lr_warmup_epochs is not None and self.lr_warmup_epochs < 0:
             raise InputError(
-                f"config lr_warmup_epochs must be a finite number >= 0, "
-                f"got {self.lr_warmup_epochs!r}"
+                f"config lr_warmup_epochs must be >= 0, got {self.lr_warmup_epochs!r}"
             )
         for name in ("momentum", "final_momentum", "finetune_momentum", "block_momentum"):
             if getattr(self, name) is not None and not 0 <= getattr(self, name) < 1:
                 raise InputError(f"config {name} must be in [0, 1), got {getattr(self, name)!r}")
         for name in ("weight_decay", "finetune_weight_decay", "finetune_epochs", "momentum_epochs"):
-            if getattr(self, name) < 0:
+            if getattr(self, name) is not None and getattr(self, name) < 0:
                 raise InputError(f"config {name} must be >= 0, got {getattr(self, name)!r}")
         if not 0 <= self.finetune_dropout < 1:
             raise InputError(
@@ -220,6 +224,8 @@ class TrainConfig:
             )
         if self.n_classes is not None and self.n_classes < 2:
             raise InputError(f"config n_classes must be >= 2, got {self.n_classes!r}")
+        if self.seed < 0:
+            raise InputError(f"config seed must be >= 0, got {self.seed!r}")
         if self.checkpoint_every < 0:
             raise InputError(f"config checkpoint_every must be >= 0, got {self.checkpoint_every!r}")
         parse_fault_injection(self.fault_injection)
@@ -248,6 +254,11 @@ class TrainConfig:
             raise InputError(
                 f"config final_epochs ({self.final_epochs}) must not exceed epochs ({self.epochs})"
             )
+        if self.finetune_lr_schedule != "exponential" and self.finetune_lr_decay != 1.0:
+            raise InputError(
+                f"config finetune_lr_decay ({self.finetune_lr_decay!r}) applies to the exponential "
+                f"schedule only; finetune_lr_schedule is {self.finetune_lr_schedule!r}"
+            )
         if self.local_momentum is not None and self.local_momentum not in LOCAL_MOMENTUM:
             raise InputError(
                 f"config local_momentum must be one of {'|'.join(LOCAL_MOMENTUM)}, "
@@ -255,6 +266,8 @@ class TrainConfig:
             )
         if self.schedule == "tied":
             tie_plan(self.layers)
+        if self.test is not None:
+            check_test_use(self)
         return self
 
     @property
@@ -302,6 +315,15 @@ def coerce(key: str, value: Any) -> Any:
     if not isinstance(value, base) or (base is int and isinstance(value, bool)):
         raise InputError(f"config {key} must be {base.__name__}, got {value!r}")
     return value
+
+
+def check_test_use(cfg: TrainConfig) -> None:
+    """Test data is scored by the fine-tuned classifier: without one it would be ignored."""
+    if cfg.finetune_epochs == 0:
+        raise InputError(
+            "config test gives data to measure the classifier's accuracy on, but "
+            "finetune_epochs is 0 (pretraining only): set finetune_epochs, or leave test out"
+        )
 
 
 def parse_fault_injection(spec: str | None) -> frozenset[int]:
@@ -353,7 +375,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         flag = "--" + f.name.replace("_", "-")
         base = _base_type(f.name)
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        help_text = f"{f.metadata.get('help', '')} (default: {_show(default)})"
+        help_text = f.metadata.get("help", "")
+        if "default:" not in help_text:
+            help_text += f" (default: {_show(default)})"
         if base is bool:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, help=help_text)
         else:

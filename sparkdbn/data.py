@@ -136,7 +136,10 @@ def _check_schema(df: DataFrame, features_col: str, label_col: str, require_labe
         )
     if label_col not in fields:
         if require_label:
-            raise InputError(f"label column {label_col!r} not found; columns are {sorted(fields)}")
+            raise InputError(
+                f"label column {label_col!r} not found; columns are {sorted(fields)} "
+                "(fine-tuning and test data need labels: set label_col to their column)"
+            )
         return False
     if not isinstance(fields[label_col], INTEGER_TYPES):
         raise InputError(

@@ -1,7 +1,7 @@
 """What a job reports while it runs: human lines (text) or one JSON object per line (json).
 
 Jobs and the engine report structured events, `reporter.event("epoch", layer=0, epoch=3, ...)`;
-the reporter renders each one as today's human line (text, the default) or as a JSON object
+the reporter renders each one as its human-readable line (text, the default) or as a JSON object
 with `ts` (ISO 8601, UTC), `level`, `job`, `event` and the event's fields (json, chosen with
 `--log-format json`). Events of the JSON logs:
 
@@ -128,7 +128,7 @@ def _jsonable(value: Any) -> Any:
     return str(value)
 
 
-# --- text rendering: today's lines ----------------------------------------------------------
+# --- text rendering: the progress lines ------------------------------------------------------
 
 EVALUATED = {"fine-tune": "pretrained + fine-tuned", "baseline": "random init baseline"}
 

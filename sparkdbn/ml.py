@@ -18,11 +18,13 @@ Connect) the model files need a path that the client and the cluster share, e.g.
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import io
+import math
 import tempfile
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Generic, Self, TypeVar
 
@@ -35,6 +37,7 @@ from pyspark.ml.functions import array_to_vector
 from pyspark.ml.linalg import DenseVector, Vector
 from pyspark.ml.param import Param, Params, TypeConverters
 from pyspark.ml.param.shared import (
+    HasCheckpointInterval,
     HasFeaturesCol,
     HasMaxIter,
     HasOutputCol,
@@ -60,12 +63,14 @@ import sparkdbn.model as dbn_model
 from sparkdbn.columns import features_to_numpy
 from sparkdbn.config import (
     CACHE_VERSIONS,
+    FINETUNE_EPOCHS,
     REPRESENTATIONS,
     ROUGH_VERSIONS,
     SCHEDULES,
     VISIBLE,
     TrainConfig,
 )
+from sparkdbn.engine.checkpoint import Checkpoint
 from sparkdbn.engine.filesystem import filesystem
 from sparkdbn.engine.training import TrainingResult, metrics_dict, train
 from sparkdbn.errors import InputError
@@ -86,7 +91,7 @@ def _param(name: str, doc: str, converter: Callable[[Any], Any]) -> Param:
     return Param(Params._dummy(), name, doc, typeConverter=converter)
 
 
-class _PretrainParams(HasFeaturesCol, HasMaxIter, HasSeed):
+class _PretrainParams(HasFeaturesCol, HasMaxIter, HasSeed, HasCheckpointInterval):
     """CD-k pretraining settings shared by every estimator; maxIter is epochs per layer."""
 
     visible: Param[str] = _param(
@@ -145,6 +150,13 @@ class _PretrainParams(HasFeaturesCol, HasMaxIter, HasSeed):
         "lrWarmupEpochs", "epochs to reach localLrScale from 1 (>= 0); unset: derived",
         TypeConverters.toFloat,
     )
+    checkpointDir: Param[str] = _param(
+        "checkpointDir",
+        "a directory on the driver's file system for the fit's checkpoint, saved every "
+        "checkpointInterval epochs: a fit that fails or is killed continues from it when fitted "
+        "again with the same params and data; removed when the fit succeeds. Unset: none",
+        TypeConverters.toString,
+    )
 
     def __init__(self) -> None:
         super().__init__()
@@ -152,7 +164,7 @@ class _PretrainParams(HasFeaturesCol, HasMaxIter, HasSeed):
             visible=_DEFAULTS.visible, k=_DEFAULTS.k, learningRate=_DEFAULTS.learning_rate,
             momentum=_DEFAULTS.momentum, weightDecay=_DEFAULTS.weight_decay,
             batchSize=_DEFAULTS.batch_size, maxIter=_DEFAULTS.epochs, seed=_DEFAULTS.seed,
-            averaging=_DEFAULTS.averaging,
+            averaging=_DEFAULTS.averaging, checkpointInterval=_DEFAULTS.checkpoint_every,
         )
 
     def getVisible(self) -> str:
@@ -199,6 +211,9 @@ class _PretrainParams(HasFeaturesCol, HasMaxIter, HasSeed):
 
     def getLrWarmupEpochs(self) -> float | None:
         return self._optional(self.lrWarmupEpochs)
+
+    def getCheckpointDir(self) -> str | None:
+        return self._optional(self.checkpointDir)
 
     def _optional(self, param: Param) -> Any:
         return self.getOrDefault(param) if self.isDefined(param) else None
@@ -348,7 +363,7 @@ class _DBNClassifierParams(_StackParams, HasProbabilityCol):
     def __init__(self) -> None:
         super().__init__()
         self._setDefault(
-            finetuneEpochs=10, finetuneLearningRate=_DEFAULTS.finetune_learning_rate,
+            finetuneEpochs=FINETUNE_EPOCHS, finetuneLearningRate=_DEFAULTS.finetune_learning_rate,
             finetuneMomentum=_DEFAULTS.finetune_momentum,
             finetuneWeightDecay=_DEFAULTS.finetune_weight_decay,
             finetuneBatchSize=_DEFAULTS.finetune_batch_size,
@@ -435,6 +450,12 @@ class _PretrainSetters(Params):
     def setLrWarmupEpochs(self, value: float) -> Self:
         return self._set(lrWarmupEpochs=value)
 
+    def setCheckpointDir(self, value: str) -> Self:
+        return self._set(checkpointDir=value)
+
+    def setCheckpointInterval(self, value: int) -> Self:
+        return self._set(checkpointInterval=value)
+
 
 class _StackSetters(_PretrainSetters):
     def setLayers(self, value: list[int]) -> Self:
@@ -479,7 +500,7 @@ _CONFIG_FIELDS = {
     "roundsPerEpoch": "rounds_per_epoch", "blockMomentum": "block_momentum",
     "blockLearningRate": "block_learning_rate", "localMomentum": "local_momentum",
     "localLrScale": "local_lr_scale", "lrWarmupEpochs": "lr_warmup_epochs",
-    "localBatchSize": "local_batch_size",
+    "localBatchSize": "local_batch_size", "checkpointInterval": "checkpoint_every",
     "schedule": "schedule", "startAfter": "start_after",
     "publishEvery": "publish_every", "finalEpochs": "final_epochs",
     "representation": "representation", "roughVersions": "rough_versions",
@@ -505,7 +526,7 @@ _RULES: dict[str, _Rule] = {
         ("numHidden", "k", "learningRate", "batchSize", "maxIter", "numPartitions", "startAfter",
          "publishEvery", "finalEpochs", "keepVersions", "finetuneEpochs", "finetuneLearningRate",
          "finetuneBatchSize", "finetuneLrDecay", "roundsPerEpoch", "blockLearningRate",
-         "localLrScale", "localBatchSize"),
+         "localLrScale", "localBatchSize", "checkpointInterval"),
         _POSITIVE,
     ),
     **dict.fromkeys(("momentum", "finetuneMomentum", "blockMomentum"), _FRACTION),
@@ -529,6 +550,8 @@ def _check_params(stage: Params) -> None:
     for param in stage.params:
         rule = _RULES.get(param.name)
         value = stage.getOrDefault(param) if stage.isDefined(param) else None
+        if isinstance(value, float) and not math.isfinite(value):
+            raise InputError(f"{where} param {param.name} must be a finite number, got {value!r}")
         if rule is not None and value is not None and not rule[0](value):
             raise InputError(f"{where} param {param.name} must be {rule[1]}, got {value!r}")
     if (
@@ -570,7 +593,7 @@ def _integer_label(dataset: DataFrame, column: str) -> Column:
     )
 
 
-@contextmanager
+@contextlib.contextmanager
 def _store(spark: SparkSession, base: str | None, uid: str) -> Iterator[str]:
     """A fresh representation store per fit, so no fit can read another fit's versions."""
     if base is not None:
@@ -583,6 +606,16 @@ def _store(spark: SparkSession, base: str | None, uid: str) -> Iterator[str]:
         filesystem(spark, path).delete(path, recursive=True)
 
 
+def _config(stage: Params, width: int, hidden: list[int]) -> TrainConfig:
+    """The engine's config of a fit: the stage's params on a `width`-wide input."""
+    settings = {
+        name: stage.getOrDefault(param)
+        for param, name in _CONFIG_FIELDS.items()
+        if stage.hasParam(param) and stage.isDefined(param)
+    }
+    return TrainConfig(layers=[width, *hidden], **settings).validate()
+
+
 def _train(stage: Params, dataset: DataFrame, hidden: list[int], label: bool) -> TrainingResult:
     """Check the params, build the TrainConfig and run the engine quietly."""
     _check_params(stage)
@@ -592,13 +625,7 @@ def _train(stage: Params, dataset: DataFrame, hidden: list[int], label: bool) ->
             f"{dataset.columns}"
         )
     features = stage.getOrDefault("featuresCol")
-    width = _feature_width(dataset, features)
-    settings = {
-        name: stage.getOrDefault(param)
-        for param, name in _CONFIG_FIELDS.items()
-        if stage.hasParam(param) and stage.isDefined(param)
-    }
-    cfg = TrainConfig(layers=[width, *hidden], **settings).validate()
+    cfg = _config(stage, _feature_width(dataset, features), hidden)
     columns = [F.col(features)]
     if "id" in dataset.columns and features != "id":
         columns.append(F.col("id"))
@@ -606,8 +633,32 @@ def _train(stage: Params, dataset: DataFrame, hidden: list[int], label: bool) ->
         columns.append(_integer_label(dataset, cfg.label_col).alias(cfg.label_col))
     spark = dataset.sparkSession
     base = stage.getStorePath() if isinstance(stage, _StackParams) else None
-    with _store(spark, base, stage.uid) as store:
-        return train(spark, cfg, store, train_data=dataset.select(*columns), out=io.StringIO())
+    directory = stage.getCheckpointDir()
+    if directory is None:
+        with _store(spark, base, stage.uid) as store:
+            return train(spark, cfg, store, train_data=dataset.select(*columns), out=io.StringIO())
+    return _train_checkpointed(spark, cfg, dataset.select(*columns), Path(directory), base)
+
+
+def _train_checkpointed(
+    spark: SparkSession, cfg: TrainConfig, data: DataFrame, directory: Path, base: str | None
+) -> TrainingResult:
+    """A fit that saves its state in `directory` and continues from it when fitted again.
+
+    Its representation store must outlive a failed fit too, so it has a fixed place: inside
+    `directory`, or under storePath, named after `directory`.
+    """
+    checkpoint = Checkpoint(directory / "state", cfg.to_dict(), cfg.checkpoint_every)
+    checkpoint.prepare("resume")
+    key = hashlib.sha256(str(directory.resolve()).encode()).hexdigest()[:12]
+    store = f"{base.rstrip('/')}/checkpointed-{key}" if base else str(directory / "store")
+    result = train(spark, cfg, store, train_data=data, out=io.StringIO(), checkpoint=checkpoint)
+    if base is None:
+        filesystem(spark, store).delete(store, recursive=True)
+    checkpoint.remove()
+    with contextlib.suppress(OSError):
+        directory.rmdir()  # only if nothing else is in it
+    return result
 
 
 # -- transforming -------------------------------------------------------------------------------
@@ -839,6 +890,8 @@ class RBM(
         localLrScale: float | None = None,
         lrWarmupEpochs: float | None = None,
         localBatchSize: int | None = None,
+        checkpointDir: str | None = None,
+        checkpointInterval: int = _DEFAULTS.checkpoint_every,
     ) -> None:
         super().__init__()
         self._set(**self._input_kwargs)
@@ -867,6 +920,8 @@ class RBM(
         localLrScale: float | None = None,
         lrWarmupEpochs: float | None = None,
         localBatchSize: int | None = None,
+        checkpointDir: str | None = None,
+        checkpointInterval: int = _DEFAULTS.checkpoint_every,
     ) -> RBM:
         return self._set(**self._input_kwargs)
 
@@ -923,6 +978,8 @@ class DBN(
         localLrScale: float | None = None,
         lrWarmupEpochs: float | None = None,
         localBatchSize: int | None = None,
+        checkpointDir: str | None = None,
+        checkpointInterval: int = _DEFAULTS.checkpoint_every,
         schedule: str = _DEFAULTS.schedule,
         startAfter: int = _DEFAULTS.start_after,
         publishEvery: int = _DEFAULTS.publish_every,
@@ -960,6 +1017,8 @@ class DBN(
         localLrScale: float | None = None,
         lrWarmupEpochs: float | None = None,
         localBatchSize: int | None = None,
+        checkpointDir: str | None = None,
+        checkpointInterval: int = _DEFAULTS.checkpoint_every,
         schedule: str = _DEFAULTS.schedule,
         startAfter: int = _DEFAULTS.start_after,
         publishEvery: int = _DEFAULTS.publish_every,
@@ -1029,6 +1088,8 @@ class DBNClassifier(
         localLrScale: float | None = None,
         lrWarmupEpochs: float | None = None,
         localBatchSize: int | None = None,
+        checkpointDir: str | None = None,
+        checkpointInterval: int = _DEFAULTS.checkpoint_every,
         schedule: str = _DEFAULTS.schedule,
         startAfter: int = _DEFAULTS.start_after,
         publishEvery: int = _DEFAULTS.publish_every,
@@ -1038,7 +1099,7 @@ class DBNClassifier(
         cacheVersions: str = _DEFAULTS.cache_versions,
         keepVersions: int = _DEFAULTS.keep_versions,
         storePath: str | None = None,
-        finetuneEpochs: int = 10,
+        finetuneEpochs: int = FINETUNE_EPOCHS,
         finetuneLearningRate: float = _DEFAULTS.finetune_learning_rate,
         finetuneMomentum: float = _DEFAULTS.finetune_momentum,
         finetuneWeightDecay: float = _DEFAULTS.finetune_weight_decay,
@@ -1076,6 +1137,8 @@ class DBNClassifier(
         localLrScale: float | None = None,
         lrWarmupEpochs: float | None = None,
         localBatchSize: int | None = None,
+        checkpointDir: str | None = None,
+        checkpointInterval: int = _DEFAULTS.checkpoint_every,
         schedule: str = _DEFAULTS.schedule,
         startAfter: int = _DEFAULTS.start_after,
         publishEvery: int = _DEFAULTS.publish_every,
@@ -1085,7 +1148,7 @@ class DBNClassifier(
         cacheVersions: str = _DEFAULTS.cache_versions,
         keepVersions: int = _DEFAULTS.keep_versions,
         storePath: str | None = None,
-        finetuneEpochs: int = 10,
+        finetuneEpochs: int = FINETUNE_EPOCHS,
         finetuneLearningRate: float = _DEFAULTS.finetune_learning_rate,
         finetuneMomentum: float = _DEFAULTS.finetune_momentum,
         finetuneWeightDecay: float = _DEFAULTS.finetune_weight_decay,

@@ -15,10 +15,10 @@ NOTEBOOKS = REPO / "notebooks"
 HEADER = "# Databricks notebook source"
 SEPARATOR = "# COMMAND ----------"
 SMALL = {
-    "quickstart": {"layers": "64", "epochs": "2", "finetune_epochs": "5", "partitions": "2"},
+    "quickstart": {"layers": "64", "epochs": "2", "finetune_epochs": "3", "partitions": "2"},
     "schedules_study": {
         "layers": "32,784,32", "epochs": "2", "start_after": "1", "final_epochs": "1",
-        "batch_size": "20", "finetune_epochs": "4", "finetune_batch_size": "50", "partitions": "2",
+        "batch_size": "20", "finetune_epochs": "2", "finetune_batch_size": "50", "partitions": "2",
     },
 }
 

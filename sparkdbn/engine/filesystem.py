@@ -17,6 +17,7 @@ from urllib.parse import urlparse
 from pyspark.sql import SparkSession
 
 from sparkdbn.engine.jobinfo import spark_context
+from sparkdbn.errors import InputError
 
 
 class LocalFS:
@@ -144,3 +145,41 @@ def filesystem(spark: SparkSession, base: str) -> LocalFS | HadoopFS:
         "paths and file: URIs are supported; use a path the client and the cluster share, "
         "such as /Volumes/… on Databricks"
     )
+
+
+def check_shared(spark: SparkSession, base: str) -> None:
+    """Under Spark Connect a store is plain file I/O on the client and in the server's tasks,
+    so both must see one directory: a file the client writes there must reach a task.
+
+    With a SparkContext, Hadoop's FileSystem serves both sides and there is nothing to check.
+    """
+    if spark_context(spark) is not None:
+        return
+    fs = LocalFS()
+    token = uuid.uuid4().hex
+    probe = fs.local_path(f"{base.rstrip('/')}/_shared-{token}")
+    fs.write_bytes(probe, token.encode())
+
+    def look(batches):
+        import pyarrow as pa
+
+        for _ in batches:
+            pass
+        try:
+            with open(probe, encoding="ascii") as f:
+                seen = f.read() == token
+        except OSError:
+            seen = False
+        yield pa.record_batch([pa.array([seen])], names=["seen"])
+
+    try:
+        rows = spark.range(1, numPartitions=1).mapInArrow(look, "seen boolean").collect()
+    finally:
+        fs.delete(probe)
+    if not all(row.seen for row in rows):
+        raise InputError(
+            f"store {base!r} is not shared: the Spark Connect server's tasks do not see the "
+            "files this client writes there. Under Spark Connect the store is plain file I/O "
+            "on both sides, so give --store a path the client and the cluster share (such as "
+            "/Volumes/… on Databricks)"
+        )

@@ -37,6 +37,7 @@ from pyspark.sql import SparkSession
 from sparkdbn.config import TrainConfig, tie_plan
 from sparkdbn.data import PACKED_ID, PACKED_LABEL, PACKED_X, PackedData
 from sparkdbn.engine.checkpoint import Checkpoint
+from sparkdbn.engine.filesystem import check_shared
 from sparkdbn.engine.jobinfo import described
 from sparkdbn.engine.pretrain import initial_params, layer_trainer, pretrain_sequential
 from sparkdbn.engine.rbm_trainer import LayerTrainer, RoughPublish
@@ -229,6 +230,8 @@ def _rough_publish(
 def make_shared(spark: SparkSession, cfg: TrainConfig, store_base: str) -> Shared:
     """One store per layer that has a layer above it: BASE/layer_0, BASE/layer_1, …"""
     n_layers = len(cfg.layers) - 1
+    if n_layers > 1:
+        check_shared(spark, store_base)
     return Shared(
         [
             RepresentationStore(spark, f"{store_base.rstrip('/')}/layer_{i}", cfg.keep_versions)

@@ -11,7 +11,7 @@ from typing import Any, TextIO
 import numpy as np
 from pyspark.sql import DataFrame, SparkSession
 
-from sparkdbn.config import TrainConfig
+from sparkdbn.config import FINETUNE_EPOCHS, TrainConfig, check_test_use
 from sparkdbn.data import PackedData, prepare
 from sparkdbn.engine.checkpoint import Checkpoint
 from sparkdbn.engine.finetune import FinetuneEpoch, finetune
@@ -73,6 +73,13 @@ def prepare_training_data(
     return packed
 
 
+def resolve_finetune_epochs(cfg: TrainConfig, has_label: bool) -> TrainConfig:
+    """Unset finetune_epochs: FINETUNE_EPOCHS when the training data has labels, else 0."""
+    if cfg.finetune_epochs is not None:
+        return cfg
+    return dataclasses.replace(cfg, finetune_epochs=FINETUNE_EPOCHS if has_label else 0)
+
+
 def train(
     spark: SparkSession,
     cfg: TrainConfig,
@@ -96,8 +103,13 @@ def train(
     test_source = test_data if test_data is not None else cfg.test
     if source is None:
         raise InputError("no training data: give --train PATH")
+    if test_source is not None:
+        check_test_use(cfg)
+    packed = prepare_training_data(
+        spark, cfg, source, require_label=bool(cfg.finetune_epochs) or test_source is not None
+    )
+    cfg = resolve_finetune_epochs(cfg, packed.has_label)
     supervised = cfg.finetune_epochs > 0
-    packed = prepare_training_data(spark, cfg, source, require_label=supervised)
     test = None
     try:
         if test_source is not None and supervised:

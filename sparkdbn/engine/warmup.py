@@ -36,11 +36,11 @@ def warm_up(
     n_visible: int,
     n_hidden: int,
     cfg: CDConfig,
-    partitions: int,
+    partitions: int | None,
     cache: bool = True,
 ) -> float:
     """Run a write, a load (`cache` as the layer's loads will) and a CD round of this layer's
-    shape; return the seconds spent."""
+    shape, over `partitions` partitions (None: Spark's default); return the seconds spent."""
     start = time.perf_counter()
     rng = np.random.default_rng(0)
     X = rng.random((WARMUP_ROWS, n_visible), dtype=np.float32)
@@ -52,7 +52,10 @@ def warm_up(
     fs.delete(base, recursive=True)  # a killed run's leftovers
     try:
         scratch = RepresentationStore(spark, base, keep=1)
-        version = scratch.publish(spark.createDataFrame(table).repartition(partitions), n_visible)
+        rows = spark.createDataFrame(table)
+        if partitions is not None:
+            rows = rows.repartition(partitions)
+        version = scratch.publish(rows, n_visible)
         data = scratch.load(version, deferred=True, cache=cache)
         try:
             params = RBMParams.init(n_visible, n_hidden, rng)

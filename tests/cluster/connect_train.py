@@ -20,6 +20,28 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 
 
+def empty_partitions(train_df, test_df) -> dict:
+    """The ml stages over Connect on data with empty partitions: a pipelined classifier in a
+    Pipeline on a `limit`, an RBM with more partitions than rows, and predictions for a
+    filtered frame whose partitions are mostly empty."""
+    from pyspark.ml import Pipeline
+
+    from sparkdbn.ml import RBM, DBNClassifier
+
+    clf = DBNClassifier(
+        layers=[16, 8], schedule="pipelined", maxIter=2, finalEpochs=1, finetuneEpochs=2,
+        numPartitions=4, seed=3, averaging="plain",
+    )
+    model = Pipeline(stages=[clf]).fit(train_df.limit(1500))
+    sparse = test_df.repartition(8).filter("id < 3")
+    rbm = RBM(numHidden=4, numPartitions=64, maxIter=1, seed=3, averaging="plain")
+    rbm = rbm.fit(train_df.limit(40))
+    return {
+        "pipeline_predictions": model.transform(sparse).select("prediction").count(),
+        "rbm_rows": rbm.transform(train_df.limit(40)).count(),
+    }
+
+
 def main(remote: str, train_path: str, test_path: str, store: str, zip_path: str | None) -> None:
     sys.path.insert(0, str(REPO))
     from pyspark.sql import SparkSession
@@ -39,7 +61,9 @@ def main(remote: str, train_path: str, test_path: str, store: str, zip_path: str
         test_df = spark.read.parquet(test_path)
         result = train(spark, cfg, store, train_data=train_df, test_data=test_df, out=sys.stderr)
         layers = result.run.layers_by_index()
+        empty = empty_partitions(train_df, test_df)
         summary = {
+            **empty,
             "is_connect": type(spark).__module__.startswith("pyspark.sql.connect"),
             "test_accuracy": result.evaluation.accuracy,
             "layer0_finished_at": layers[0].finished_at,

@@ -88,7 +88,8 @@ def test_library_trains_and_fine_tunes_through_connect(
 ):
     """`training.train` on a Connect session (pyspark's in-process server, remote("local[2]"))
     with Connect DataFrames: the pipelined layers overlap, fine-tuning runs and test accuracy
-    is computed, with the representation store on the local file system. The server's Python
+    is computed, with the representation store on the local file system (which the store's
+    probe finds shared); then the ml stages on data with empty partitions. The server's Python
     workers get the package only as the zip the client uploads with addArtifacts."""
     store = tmp_path / "store"
     done = _run(
@@ -105,6 +106,9 @@ def test_library_trains_and_fine_tunes_through_connect(
     versions = summary["layer1_input_versions"]
     assert versions == sorted(versions) and versions[0] < versions[-1]  # rough, then final
     assert (store / "layer_0" / "_versions" / "FINAL.json").is_file()
+    # Empty partitions under Connect: a pipelined classifier fitted on a `limit`, an RBM with
+    # 64 partitions for 40 rows, predictions for a frame with 3 rows in 8 partitions.
+    assert (summary["pipeline_predictions"], summary["rbm_rows"]) == (3, 40)
 
 
 def test_train_dbn_job_runs_over_spark_remote(
@@ -118,7 +122,7 @@ def test_train_dbn_job_runs_over_spark_remote(
          "--train", str(fashion_parquet / "train"), "--test", str(fashion_parquet / "test"),
          "--output", str(output), "--layers", "784,32,16", "--epochs", "6",
          "--schedule", "pipelined", "--start-after", "1", "--final-epochs", "1",
-         "--finetune-epochs", "2", "--partitions", "2"],
+         "--finetune-epochs", "2", "--partitions", "2", "--averaging", "plain"],
         cluster_env(PYTHONPATH=str(REPO), SPARK_REMOTE=connect_url),
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-5000:]

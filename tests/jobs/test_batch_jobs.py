@@ -35,7 +35,7 @@ from tests.conftest import FIXTURE_DIR, REPO, run_job, start_job
 
 JOBS = ("prepare_data", "train_dbn", "pretrain_layer", "evaluate", "benchmark")
 TRAIN = ["--layers", "784,16", "--epochs", "2", "--finetune-epochs", "1", "--partitions", "2",
-         "--seed", "3"]
+         "--seed", "3", "--averaging", "plain"]
 
 
 @pytest.fixture(scope="module")
@@ -287,7 +287,7 @@ def test_other_failures_exit_1_with_type_and_message() -> None:
         run(main, [])
 
 
-def test_text_mode_renders_todays_lines() -> None:
+def test_text_mode_renders_the_progress_lines() -> None:
     out = io.StringIO()
     log = RunLog("sequential", out=out)
     record = EpochRecord(2, 12.3456, 2.31, 25974.0, 4)

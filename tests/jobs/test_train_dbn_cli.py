@@ -22,6 +22,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from sparkdbn.config import FINETUNE_EPOCHS
+
 REPO = Path(__file__).resolve().parents[2]
 JOB = "jobs/train_dbn.py"
 ROWS, WIDTH = 600, 16
@@ -109,17 +111,19 @@ def spark_runs(root: Path, datasets: dict[str, Path]) -> Iterator[dict[str, Futu
     must equal `train` to the bit.
     """
     good = str(datasets["good"])
-    common = ["--layers", "16,8", "--epochs", "2", "--partitions", "2", "--learning-rate", "0.05"]
+    common = ["--layers", "16,8", "--epochs", "2", "--partitions", "2", "--learning-rate", "0.05",
+              "--averaging", "plain"]
     config = root / "run.toml"
     config.write_text(
-        f'train = "{good}"\nlayers = [16, 8]\nepochs = 1\npartitions = 2\nseed = 7\n'
-        "learning_rate = 0.05\n",
+        f'train = "{good}"\ntest = "{good}"\nlayers = [16, 8]\nepochs = 1\npartitions = 2\n'
+        'seed = 7\nlearning_rate = 0.05\naveraging = "plain"\n',
         encoding="utf-8",
     )
+    pretrain_only = ["--finetune-epochs", "0"]
     argv = {
-        "train": ["--train", good, *common, "--seed", "7"],
+        "train": ["--train", good, "--test", good, *common, "--seed", "7"],
         "toml": ["--config", str(config), "--epochs", "2"],
-        "other_seed": ["--train", good, *common, "--seed", "8"],
+        "other_seed": ["--train", good, *common, "--seed", "8", *pretrain_only],
         "bad_value": ["--train", str(datasets["bad"]), "--layers", "16,8", "--epochs", "1"],
         "missing_column": ["--train", good, "--layers", "16,8", "--features-col", "nope"],
         "missing_path": ["--train", str(root / "no-such-data"), "--layers", "16,8"],
@@ -153,8 +157,10 @@ def test_help_lists_the_flags() -> None:
 
 @pytest.mark.slow
 def test_training_run_writes_model_metrics_and_progress(spark_runs, root) -> None:
-    """A 16→8 run exits 0, writes numpy-readable float32 weights, model.json, metrics.json with
-    one record per epoch, and prints one progress line per epoch; nothing else is left."""
+    """A 16→8 run with labelled data and no fine-tuning settings exits 0, writes numpy-readable
+    float32 weights, model.json, metrics.json with one record per epoch, prints one progress
+    line per epoch, and fine-tunes by default: the classifier's test accuracy is in
+    metrics.json. Nothing else is left."""
     result, out = finished(spark_runs, root, "train")
     assert result.returncode == 0, result.stderr
     arrays = load_layer(out)
@@ -175,7 +181,9 @@ def test_training_run_writes_model_metrics_and_progress(spark_runs, root) -> Non
     for record in layer["epochs"]:
         for key in ("recon_error", "seconds", "rows_per_second"):
             assert isinstance(record[key], float) and math.isfinite(record[key])
-    progress = [line for line in result.stdout.splitlines() if " epoch " in line]
+    assert len(metrics["finetune"]) == FINETUNE_EPOCHS
+    assert 0.0 <= metrics["test_accuracy"] <= 1.0
+    progress = [line for line in result.stdout.splitlines() if "layer 0 · epoch " in line]
     assert len(progress) == 2
     assert "layer 0" in progress[0] and "epoch 1/2" in progress[0]
     assert "layer 0" in progress[1] and "epoch 2/2" in progress[1]
@@ -185,9 +193,10 @@ def test_training_run_writes_model_metrics_and_progress(spark_runs, root) -> Non
 
 @pytest.mark.slow
 def test_toml_config_with_flag_override_reproduces_the_run(spark_runs, root) -> None:
-    """TOML values (train, layers, partitions, seed, learning_rate) are used and --epochs 2
-    overrides its epochs = 1; with the same seed and partitioning the model is bit-identical
-    to the flags-only run, and so are the per-epoch reconstruction errors."""
+    """TOML values (train, test, layers, partitions, seed, learning_rate, averaging) are used
+    and --epochs 2 overrides its epochs = 1; with the same seed and partitioning the model
+    (pretrained and fine-tuned) is bit-identical to the flags-only run, and so are the
+    per-epoch reconstruction errors."""
     result, out = finished(spark_runs, root, "toml")
     assert result.returncode == 0, result.stderr
     reference, _ = finished(spark_runs, root, "train")

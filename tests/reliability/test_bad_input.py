@@ -95,6 +95,25 @@ def test_damaged_parquet_job_exits_2_and_writes_nothing(spark, fashion_parquet, 
     assert list((tmp_path / "runs").iterdir()) == []
 
 
+def test_test_data_needs_labelled_training_data(spark, fashion_parquet, tmp_path) -> None:
+    """--test asks for a classifier: training data without labels is refused before training."""
+    # Without Spark's schema in the file's metadata, which would still name the label.
+    table = pq.read_table(fashion_parquet / "train").drop(["label"]).replace_schema_metadata()
+    (tmp_path / "unlabelled").mkdir()
+    pq.write_table(table, tmp_path / "unlabelled" / "part-0.parquet")
+    (tmp_path / "runs").mkdir()
+    result = run_in_process(
+        "train_dbn", "--train", str(tmp_path / "unlabelled"), "--test",
+        str(fashion_parquet / "test"), "--output", str(tmp_path / "runs/out"), "--layers", "784,4",
+    )
+    assert result.returncode == 2
+    assert error_line(result) == (
+        "error: label column 'label' not found; columns are ['features', 'id'] (fine-tuning "
+        "and test data need labels: set label_col to their column)"
+    )
+    assert list((tmp_path / "runs").iterdir()) == []
+
+
 # --- labels beyond the output layer -----------------------------------------------------------
 
 

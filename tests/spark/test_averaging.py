@@ -30,7 +30,7 @@ from sparkdbn.engine.averaging import (
     chunk_length,
 )
 from sparkdbn.engine.rbm_trainer import LayerTrainer, rbm_step
-from sparkdbn.kernels.averaging import AveragingSettings, round_rows
+from sparkdbn.kernels.averaging import PRETRAINING, AveragingSettings, round_rows
 from sparkdbn.kernels.rbm import CDConfig, RBMParams, cd_epoch, hidden_probs
 from sparkdbn.metrics import RunLog
 
@@ -467,15 +467,19 @@ def cached(data: PackedData) -> PackedData:
 def test_one_partition_is_the_kernel_under_every_strategy(spark, X, one_part, strategy, rounds):
     """One partition has nothing to average: any strategy, cut into any number of rounds,
     trains bit-identically to two uninterrupted cd_epoch calls (its generator continues
-    from round to round)."""
+    from round to round), at the mini-batch the strategy derives (auto's is smaller for
+    these 90 rows)."""
     settings = AveragingSettings(strategy, rounds)
+    batch = settings.resolve(1, N, CFG.batch_size, 2, PRETRAINING).batch_size
+    cfg = dataclasses.replace(CFG, batch_size=batch or CFG.batch_size)
+    assert (batch is not None) == (strategy == "auto")
     for data in (one_part, cached(one_part)):
         t = trainer(spark, averaging=settings)
         params, velocity = initial(), initial().zeros_like()
         for epoch in range(2):
             record = t.train_epoch(data)
             rng = np.random.default_rng([SEED, LAYER, epoch, 0])
-            stats = cd_epoch(params, velocity, X, CFG, rng)
+            stats = cd_epoch(params, velocity, X, cfg, rng)
             assert record.rounds == (rounds or 1)
             assert record.recon_error == pytest.approx(stats.recon_sq_error / N, rel=1e-12)
         assert np.array_equal(t.state, np.concatenate([params.to_flat(), velocity.to_flat()]))

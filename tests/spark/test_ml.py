@@ -26,7 +26,7 @@ from sparkdbn.ml import DBN, RBM, DBNClassificationModel, DBNClassifier, DBNMode
 # Observed on the 2,000 / 500 fixture (seed 1, 2 partitions): 0.756 with Bernoulli units, 0.768
 # with StandardScaler + Gaussian units; chance is 0.1.
 ACCURACY_FLOOR = 0.70
-SMALL = dict(maxIter=2, finetuneEpochs=8, numPartitions=2, seed=1)
+SMALL = dict(maxIter=2, finetuneEpochs=8, numPartitions=2, seed=1, averaging="plain")
 
 
 @pytest.fixture(scope="module")
@@ -100,7 +100,7 @@ def test_cosine_learning_rate_schedule_reaches_the_fit(test_df):
     """finetuneLrSchedule passes through to fine-tuning: the logged per-epoch rates anneal."""
     classifier = DBNClassifier(
         layers=[16], maxIter=1, finetuneEpochs=4, finetuneLearningRate=0.3,
-        finetuneLrSchedule="cosine", numPartitions=2,
+        finetuneLrSchedule="cosine", numPartitions=2, averaging="plain",
     )
     rates = [e["learning_rate"] for e in classifier.fit(test_df).trainingMetrics["finetune"]]
     assert rates == [learning_rate_at(0.3, e, 4, "cosine") for e in range(4)]
@@ -210,7 +210,7 @@ def test_setters_and_copy_with_extra_params():
     assert (clf.getLayers(), clf.getSchedule(), clf.getFinetuneEpochs()) == ([32], "tied", 3)
     copy = clf.copy({clf.layers: [8], clf.finetuneLearningRate: 0.5})
     assert (copy.getLayers(), copy.getFinetuneLearningRate()) == ([8], 0.5)
-    assert (clf.getLayers(), clf.getFinetuneLearningRate()) == ([32], 0.1)
+    assert (clf.getLayers(), clf.getFinetuneLearningRate()) == ([32], 0.2)
     assert copy.uid == clf.uid
 
 
@@ -220,7 +220,7 @@ def test_setters_and_copy_with_extra_params():
 def test_cross_validator_picks_a_best_model(train_df, test_df):
     clf = DBNClassifier(
         layers=[32], maxIter=1, finetuneEpochs=3, batchSize=20, finetuneBatchSize=20,
-        numPartitions=2, seed=2,
+        numPartitions=2, seed=2, averaging="plain",
     )
     rates = [0.01, 0.1]
     grid = ParamGridBuilder().addGrid(clf.finetuneLearningRate, rates).build()
@@ -279,7 +279,7 @@ def test_dbn_transformer_matches_numpy_and_keeps_its_store(train_df, test_df, tm
     dbn = DBN(
         layers=[64, 16], maxIter=2, finalEpochs=1, schedule="pipelined", numPartitions=2,
         storePath=str(store), roughVersions="after_epoch", cacheVersions="always",
-        keepVersions=2,
+        keepVersions=2, averaging="plain",
     )
     model = dbn.fit(train_df)
     assert isinstance(model, DBNModel)
@@ -353,7 +353,8 @@ def test_sparse_count_vectors_train_a_classifier(spark):
             CountVectorizer(inputCol="words", outputCol="counts", binary=True, vocabSize=400,
                             minDF=3),
             DBNClassifier(featuresCol="counts", layers=[32], maxIter=3, finetuneEpochs=15,
-                          batchSize=20, finetuneBatchSize=20, numPartitions=2, seed=4),
+                          batchSize=20, finetuneBatchSize=20, numPartitions=2, seed=4,
+                          averaging="plain"),
         ]
     )
     model = pipeline.fit(train)
@@ -393,6 +394,10 @@ def test_sparse_count_vectors_train_a_classifier(spark):
         (RBM(lrWarmupEpochs=-1.0), "lrWarmupEpochs"),
         (RBM(numHidden=0), "numHidden"),
         (RBM(seed=-1), "seed"),
+        (RBM(learningRate=float("nan")), "learningRate"),
+        (RBM(weightDecay=float("inf")), "weightDecay"),
+        (DBNClassifier(finetuneLrDecay=float("nan")), "finetuneLrDecay"),
+        (RBM(checkpointInterval=0), "checkpointInterval"),
     ],
     ids=lambda v: v if isinstance(v, str) else type(v).__name__,
 )

@@ -54,12 +54,25 @@ def test_flags_override_the_file(tmp_path: Path) -> None:
         ("averaging = 'mean'", "config averaging must be one of auto|plain|block|nesterov"),
         ("rounds_per_epoch = 0", "config rounds_per_epoch must be > 0"),
         ("block_momentum = 1.0", "config block_momentum must be in [0, 1)"),
-        ("block_momentum = nan", "config block_momentum must be in [0, 1)"),
-        ("block_learning_rate = 0", "config block_learning_rate must be a finite number > 0"),
-        ("block_learning_rate = inf", "config block_learning_rate must be a finite number > 0"),
+        ("block_momentum = nan", "config block_momentum must be a finite number, got nan"),
+        ("block_learning_rate = 0", "config block_learning_rate must be > 0, got 0.0"),
+        ("block_learning_rate = inf", "config block_learning_rate must be a finite number"),
         ("local_momentum = 'kept'", "config local_momentum must be one of averaged|reset"),
-        ("local_lr_scale = -2.0", "config local_lr_scale must be a finite number > 0"),
-        ("lr_warmup_epochs = nan", "config lr_warmup_epochs must be a finite number >= 0"),
+        ("local_lr_scale = -2.0", "config local_lr_scale must be > 0"),
+        ("lr_warmup_epochs = nan", "config lr_warmup_epochs must be a finite number"),
+        ("lr_warmup_epochs = -1", "config lr_warmup_epochs must be >= 0"),
+        # Non-finite values of every float setting, and the settings only fine-tuning uses
+        ("learning_rate = nan", "config learning_rate must be a finite number, got nan"),
+        ("weight_decay = inf", "config weight_decay must be a finite number, got inf"),
+        ("finetune_learning_rate = inf", "config finetune_learning_rate must be a finite"),
+        ("finetune_lr_decay = nan", "config finetune_lr_decay must be a finite number"),
+        ("finetune_weight_decay = -inf", "config finetune_weight_decay must be a finite"),
+        ("baseline_learning_rate = nan", "config baseline_learning_rate must be a finite"),
+        ("final_momentum = nan", "config final_momentum must be a finite number"),
+        ("seed = -1", "config seed must be >= 0, got -1"),
+        ("finetune_lr_decay = 0.9", "applies to the exponential schedule only"),
+        ("finetune_epochs = -1", "config finetune_epochs must be >= 0"),
+        ("test = 'data/test'\nfinetune_epochs = 0", "finetune_epochs is 0 (pretraining only)"),
     ],
 )
 def test_bad_values_name_their_key(tmp_path: Path, text: str, message: str) -> None:
@@ -72,3 +85,27 @@ def test_bad_values_name_their_key(tmp_path: Path, text: str, message: str) -> N
 def test_missing_config_file() -> None:
     with pytest.raises(InputError, match="does not exist"):
         load_config("/nonexistent/c.toml", {})
+
+
+def test_ml_params_default_to_the_config_defaults() -> None:
+    """Every ml param that maps to a config key has the config's default, as its param
+    default and as its constructor's keyword default (unset where the config derives it)."""
+    import inspect
+
+    from sparkdbn.config import FINETUNE_EPOCHS
+    from sparkdbn.ml import _CONFIG_FIELDS, DBN, RBM, DBNClassifier
+
+    defaults = TrainConfig()
+    for cls in (RBM, DBN, DBNClassifier):
+        stage, signature = cls(), inspect.signature(cls.__init__).parameters
+        for param, name in _CONFIG_FIELDS.items():
+            if not stage.hasParam(param):
+                continue
+            expected = getattr(defaults, name)
+            if name == "finetune_epochs":  # a classifier always fine-tunes
+                expected = FINETUNE_EPOCHS
+            if name == "layers":
+                expected = expected[1:]
+            has = stage.hasDefault(param)
+            assert (stage.getOrDefault(param) if has else None) == expected, (cls, param)
+            assert signature[param].default == expected, (cls, param)
