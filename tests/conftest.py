@@ -81,3 +81,14 @@ def start_job(job: str, *args: str, env: dict[str, str] | None = None) -> subpro
         cwd=REPO, env=job_env(**(env or {})), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         text=True, start_new_session=True,
     )
+
+
+@pytest.fixture(scope="session")
+def pyfiles_zip(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """dist/sparkdbn.zip as `make dist` builds it (its stdlib-only `pyfiles` step)."""
+    dist = tmp_path_factory.mktemp("dist")
+    subprocess.run(
+        ["make", "-s", "pyfiles", f"DIST={dist}", f"PYTHON={sys.executable}"],
+        cwd=REPO, check=True, capture_output=True, text=True, timeout=120,
+    )
+    return dist / "sparkdbn.zip"

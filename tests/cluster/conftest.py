@@ -141,17 +141,6 @@ def wait_until(check, what: str, procs: list[subprocess.Popen], logs: list[Path]
     pytest.fail(f"{what}: not ready within {START_TIMEOUT:.0f} s\n{tails}")
 
 
-@pytest.fixture(scope="session")
-def pyfiles_zip(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """dist/sparkdbn.zip as `make dist` builds it (its stdlib-only `pyfiles` step)."""
-    dist = tmp_path_factory.mktemp("dist")
-    subprocess.run(
-        ["make", "-s", "pyfiles", f"DIST={dist}", f"PYTHON={sys.executable}"],
-        cwd=REPO, check=True, capture_output=True, text=True, timeout=120,
-    )
-    return dist / "sparkdbn.zip"
-
-
 @dataclass
 class StandaloneCluster:
     master_url: str
