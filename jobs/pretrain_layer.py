@@ -90,9 +90,7 @@ def main(argv: list[str] | None = None) -> None:
     data = None
     if args.layer == 0:
         data = prepare_training_data(spark, cfg, cfg.train)
-        checkpoint.check_data(
-            {"n_rows": data.n_rows, "width": data.width, "partitions": data.partitions}
-        )
+        checkpoint.check_data(data.shape)
     shared = make_shared(spark, cfg, cfg.store)
     shared.wait_timeout = args.wait_timeout
     log = RunLog(cfg.schedule, reporter=reporter)

@@ -68,6 +68,11 @@ class PackedData:
     check: FirstPassCheck | None = None
     parts: StagedParts | None = None
 
+    @property
+    def shape(self) -> dict[str, int]:
+        """What a checkpoint records of the data it was made on, to refuse other data."""
+        return {"n_rows": self.n_rows, "width": self.width, "partitions": self.partitions}
+
     def rows(self, *columns: str) -> DataFrame | StagedRows:
         """The columns, for a stage whose tasks need whole partitions: staged rows are read
         by the task itself, cached ones come from Spark."""

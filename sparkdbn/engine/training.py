@@ -123,9 +123,7 @@ def train(
                 )
         n_classes = _n_classes(cfg, packed, test) if supervised else 0
         if checkpoint is not None:
-            checkpoint.check_data(
-                {"n_rows": packed.n_rows, "width": packed.width, "partitions": packed.partitions}
-            )
+            checkpoint.check_data(packed.shape)
         run = RunLog(cfg.schedule, out=out, reporter=reporter)
         model = pretrain(spark, packed, cfg, run, store, checkpoint)
         result = TrainingResult(model, run)

@@ -71,9 +71,7 @@ def test_estimator_continues_from_its_checkpoint(spark, fashion_parquet: Path, t
     checkpoint.prepare("error")
     data = prepare(spark, df.select("features", "id"), partitions=2)
     try:
-        checkpoint.check_data(
-            {"n_rows": data.n_rows, "width": data.width, "partitions": data.partitions}
-        )
+        checkpoint.check_data(data.shape)
         trainer = layer_trainer(
             spark, cfg, 0, initial_params(cfg, 0), RunLog("sequential", io.StringIO()),
             checkpoint=checkpoint,
