@@ -25,14 +25,19 @@ LOCAL_DEFAULTS = {
 }
 
 
-def local_worker_daemon() -> dict[str, str]:
-    """Settings that fork a local master's Python workers from `sparkdbn_daemon`, which imports
-    pyspark with its bytecode instead of compiling it from Spark's zip in every worker (about
-    1 s less for an application's first Python job). Local only: cluster executors may not
-    have this file."""
+def local_worker_settings() -> dict[str, str]:
+    """Settings for a local master's Python workers.
+
+    They fork from `sparkdbn_daemon`, which imports pyspark with its bytecode instead of
+    compiling it from Spark's zip in every worker (about 1 s less for an application's first
+    Python job); cluster executors may not have this file. They talk to the JVM over Unix
+    domain sockets: over TCP a task's small messages wait for delayed acknowledgements, about
+    25 ms of a short averaging round.
+    """
     return {
         "spark.python.daemon.module": "sparkdbn_daemon",
         "spark.executorEnv.PYTHONPATH": str(RESOURCES),
+        "spark.python.unix.domain.socket.enabled": "true",
     }
 
 
@@ -43,7 +48,7 @@ def get_session(app_name: str, master: str | None = None) -> SparkSession:
     flags; with SPARK_REMOTE set the builder connects to Spark Connect. Only a plain
     `python jobs/x.py` starts its own session: SPARKDBN_MASTER or local[*], with quiet console
     defaults and SPARKDBN_DRIVER_MEMORY (default 6g) for the driver, and for a local master
-    `local_worker_daemon`.
+    `local_worker_settings`.
     """
     active = SparkSession.getActiveSession()
     if active is not None:
@@ -55,7 +60,7 @@ def get_session(app_name: str, master: str | None = None) -> SparkSession:
         master = master or "local[*]"
         settings = dict(LOCAL_DEFAULTS)
         if is_local(master):
-            settings.update(local_worker_daemon())
+            settings.update(local_worker_settings())
         builder = builder.master(master)
         for key, value in settings.items():
             builder = builder.config(key, value)

@@ -21,10 +21,10 @@ os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
 def spark() -> Iterator:
     from pyspark.sql import SparkSession
 
-    from sparkdbn.session import local_worker_daemon
+    from sparkdbn.session import local_worker_settings
 
     builder = SparkSession.builder
-    for key, value in local_worker_daemon().items():
+    for key, value in local_worker_settings().items():
         builder = builder.config(key, value)
     session = (
         builder.master("local[2]")

@@ -12,7 +12,9 @@ instead, which saves the shuffle stage. Staged rows (local master) go further: e
 trains a run of consecutive partitions and returns their weighted sum, so a round costs one
 task per core and one state per task, however many partitions there are.
 
-Only DataFrame APIs are used, so the same code runs over Spark Connect. Determinism: each
+Rows that are not staged go through DataFrame APIs only, so the same code runs over Spark
+Connect; staged rows exist under a local master only, whose stage is a plain RDD one (see
+`StagedRows.run_parts`). Determinism: each
 partition's epoch order and generator are seeded by (seed key, partition id); a round after
 the first continues the generator where the partition's previous round left it (its state
 travels with the round's result), so the rounds of an epoch draw exactly what one
@@ -49,7 +51,6 @@ from sparkdbn.staging import StagedRows, scratch_directory
 
 STATE_SCHEMA = "part int, chunk int, n long, sums binary, gens string, data binary"
 REDUCED_SCHEMA = "chunk int, n long, sums binary, gens string, data binary"
-PARTIAL_SCHEMA = "first int, n long, sums binary, gens string, path string"
 # Upper bound for the bytes one reduce group holds (partitions × chunk floats × 4).
 GROUP_BYTES = 1 << 26
 MAX_CHUNK = 1 << 20
@@ -224,13 +225,13 @@ def _map_partitions(
 
 def _map_staged(
     step: PartitionStep, exchange: str, seed_key: tuple[int, ...], rnd: Round, spread_size: int,
-) -> Callable[[Iterator[tuple[int, pa.Table]]], Iterator[pa.RecordBatch]]:
+) -> Callable[[Iterator[tuple[int, pa.Table]]], Iterator[dict]]:
     """A task over a run of staged partitions. The round's start state is a file in the
     `exchange` directory (the driver's machine runs every task), and so is what the task
     returns: its partitions' row-weighted states (float64) added as `_Total` adds them, each
     summand a file renamed into place so that a retried attempt replaces it whole."""
 
-    def run(parts: Iterator[tuple[int, pa.Table]]) -> Iterator[pa.RecordBatch]:
+    def run(parts: Iterator[tuple[int, pa.Table]]) -> Iterator[dict]:
         from pyspark import TaskContext
 
         state = np.load(os.path.join(exchange, START_FILE), mmap_mode="r")
@@ -272,21 +273,17 @@ class _Summand:
         self.sums += share.sums
         self.gens[share.part] = share.generator
 
-    def written(self, exchange: str, attempt: int) -> pa.RecordBatch:
+    def written(self, exchange: str, attempt: int) -> dict:
+        """The summand saved in `exchange`, and the row that tells the driver where."""
         path = os.path.join(exchange, f"partial-{self.first:05d}.npy")
         tmp = f"{path}.{attempt}.tmp"
         with open(tmp, "wb") as f:
             np.save(f, self.total)
         os.replace(tmp, path)
-        return pa.RecordBatch.from_pydict(
-            {
-                "first": pa.array([self.first], pa.int32()),
-                "n": pa.array([self.n], pa.int64()),
-                "sums": pa.array([self.sums.tobytes()]),
-                "gens": pa.array([json.dumps(self.gens)]),
-                "path": pa.array([path]),
-            }
-        )
+        return {
+            "first": self.first, "n": self.n, "sums": self.sums.tobytes(),
+            "gens": json.dumps(self.gens), "path": path,
+        }
 
 
 class _Total:
@@ -380,12 +377,12 @@ def _assemble(reduced: list[dict], size: int) -> RoundResult:
     return _result(new_state.copy(), int(first["n"]), sums, gens)
 
 
-def _add_partials(table: pa.Table, state: np.ndarray) -> RoundResult:
-    """The averaged round from the staged tasks' PARTIAL_SCHEMA rows, added in order."""
+def _add_partials(partials: list[dict], state: np.ndarray) -> RoundResult:
+    """The averaged round from the staged tasks' summands (`_Summand.written`), in order."""
     size = state.size
-    if table.num_rows == 0:
+    if not partials:
         return idle(state)
-    rows = sorted(table.to_pylist(), key=lambda row: row["first"])
+    rows = sorted(partials, key=lambda row: row["first"])
     adder = _Total()
     for row in rows:
         weighted = np.load(row["path"], mmap_mode="r")
@@ -407,7 +404,7 @@ def _staged_round(
     try:
         np.save(os.path.join(exchange, START_FILE), state)
         run = _map_staged(step, exchange, seed_key, rnd, spread_size)
-        return _add_partials(data.map_parts(run, PARTIAL_SCHEMA).toArrow(), state)
+        return _add_partials(data.run_parts(run), state)
     finally:
         shutil.rmtree(exchange, ignore_errors=True)
 

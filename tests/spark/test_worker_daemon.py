@@ -11,7 +11,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyspark
 
-from sparkdbn.session import RESOURCES, get_session, local_worker_daemon
+from sparkdbn.session import RESOURCES, get_session, local_worker_settings
 from sparkdbn.staging import is_local
 
 SPEC = importlib.util.spec_from_file_location("sparkdbn_daemon", RESOURCES / "sparkdbn_daemon.py")
@@ -78,11 +78,11 @@ def test_only_local_masters_get_the_daemon() -> None:
 
 
 def test_real_workers_import_the_installed_pyspark(spark) -> None:
-    """The session fixture starts its workers as jobs do (`local_worker_daemon`): pyspark in
+    """The session fixture starts its workers as jobs do (`local_worker_settings`): pyspark in
     the workers is the driver's installed package, not its zip."""
     assert spark is get_session("test")
     conf = spark.sparkContext.getConf()
-    for key, value in local_worker_daemon().items():
+    for key, value in local_worker_settings().items():
         assert conf.get(key) == value
 
     def where(batches):
