@@ -59,8 +59,9 @@ def main(argv: list[str] | None = None) -> None:
     check_target(cfg.output, cfg.if_exists, RESUMABLE_IF_EXISTS)
     checkpoint.prepare(cfg.if_exists)
 
-    from sparkdbn.engine.training import default_store, train, write_outputs
+    from sparkdbn.engine.training import default_store, train
     from sparkdbn.metrics import gantt
+    from sparkdbn.outputs import write_outputs
     from sparkdbn.session import get_session
 
     spark = get_session("sparkdbn train_dbn")

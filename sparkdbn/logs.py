@@ -133,19 +133,28 @@ def _jsonable(value: Any) -> Any:
 EVALUATED = {"fine-tune": "pretrained + fine-tuned", "baseline": "random init baseline"}
 
 
-def _epoch(f: dict[str, Any]) -> str:
-    from sparkdbn.metrics import EpochRecord, progress_line
-
-    record = EpochRecord(
-        f["epoch"] - 1, f["recon_error"], f["seconds"], f["rows_per_second"],
-        f.get("input_version"), f.get("rounds", 1), f.get("replica_divergence", []),
+def epoch_line(f: dict[str, Any]) -> str:
+    """One human line per epoch (an `epoch` event): what, how good, how fast, how long to go."""
+    version = "" if f.get("input_version") is None else f" · input v{f['input_version']}"
+    recon = f["recon_error"]
+    recon = "nan" if recon is None or math.isnan(recon) else f"{recon:.4f}"
+    return (
+        f"layer {f['layer']} · epoch {f['epoch']}/{f['epochs']} · recon {recon} · "
+        f"{f['seconds']:.2f} s · {f['rows_per_second']:,.0f} rows/s · "
+        f"ETA {f['eta_seconds']:.0f} s{version}"
+        f"{averaging_text(f.get('rounds', 1), f.get('replica_divergence', []))}"
     )
-    return progress_line(f["layer"], record, f["epochs"])
+
+
+def averaging_text(rounds: int, divergence: list[float]) -> str:
+    """An epoch line's averaging part: rounds, and the last round's replica divergence."""
+    if not divergence:
+        return ""
+    many = f"{rounds} rounds · " if rounds > 1 else ""
+    return f" · {many}divergence {divergence[-1]:.2f}"
 
 
 def _finetune_epoch(f: dict[str, Any]) -> str:
-    from sparkdbn.metrics import averaging_text
-
     return (
         f"{f['stage']} · epoch {f['epoch']}/{f['epochs']} · loss {f['loss']:.4f} · "
         f"train acc {f['train_accuracy']:.4f} · {f['seconds']:.2f} s"
@@ -164,7 +173,7 @@ def _evaluation(f: dict[str, Any]) -> str:
 
 
 RENDER: dict[str, Callable[[dict[str, Any]], str]] = {
-    "epoch": _epoch,
+    "epoch": epoch_line,
     "finetune_epoch": _finetune_epoch,
     "resumed": _resumed,
     "evaluation": _evaluation,

@@ -1,9 +1,8 @@
-"""Training records: per-epoch metrics, per-layer timings, metrics.json and progress lines."""
+"""Training records: per-epoch metrics, per-layer timings and metrics.json."""
 
 from __future__ import annotations
 
 import json
-import math
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -87,7 +86,7 @@ class RunLog:
 
     def record_epoch(self, log: LayerLog, record: EpochRecord, total_epochs: int) -> None:
         log.epochs.append(record)
-        self.reporter.event(  # as text: progress_line
+        self.reporter.event(  # as text: logs.epoch_line
             "epoch", layer=log.layer, epoch=record.epoch + 1, epochs=total_epochs,
             recon_error=record.recon_error, seconds=record.seconds,
             rows_per_second=record.rows_per_second, input_version=record.input_version,
@@ -124,26 +123,6 @@ class RunLog:
                 for lg in spans
             ],
         }
-
-
-def progress_line(layer: int, record: EpochRecord, total_epochs: int) -> str:
-    """One human line per epoch: what, how good, how fast, how long to go."""
-    left = eta_seconds(record, total_epochs)
-    version = "" if record.input_version is None else f" · input v{record.input_version}"
-    recon = "nan" if math.isnan(record.recon_error) else f"{record.recon_error:.4f}"
-    return (
-        f"layer {layer} · epoch {record.epoch + 1}/{total_epochs} · recon {recon} · "
-        f"{record.seconds:.2f} s · {record.rows_per_second:,.0f} rows/s · ETA {left:.0f} s"
-        f"{version}{averaging_text(record.rounds, record.replica_divergence)}"
-    )
-
-
-def averaging_text(rounds: int, divergence: list[float]) -> str:
-    """The progress line's averaging part: rounds, and the last round's replica divergence."""
-    if not divergence:
-        return ""
-    many = f"{rounds} rounds · " if rounds > 1 else ""
-    return f" · {many}divergence {divergence[-1]:.2f}"
 
 
 def eta_seconds(record: EpochRecord, total_epochs: int) -> float:

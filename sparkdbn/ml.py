@@ -72,10 +72,11 @@ from sparkdbn.config import (
 )
 from sparkdbn.engine.checkpoint import Checkpoint
 from sparkdbn.engine.filesystem import filesystem
-from sparkdbn.engine.training import TrainingResult, metrics_dict, train
+from sparkdbn.engine.training import TrainingResult, train
 from sparkdbn.errors import InputError
 from sparkdbn.kernels.averaging import CHOICES, LOCAL_MOMENTUM
-from sparkdbn.kernels.mlp import LR_SCHEDULES
+from sparkdbn.kernels.mlp import LR_SCHEDULES, class_scores
+from sparkdbn.outputs import metrics_dict
 
 __all__ = ["DBN", "RBM", "DBNClassificationModel", "DBNClassifier", "DBNModel", "RBMModel"]
 
@@ -727,12 +728,7 @@ def _hidden(stack: dbn_model.DBNModel, name: str) -> _Outputs:
 
 
 def _class_scores(stack: dbn_model.DBNModel, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Logits of the softmax layer (float32 forward pass, as trained) and probabilities."""
-    top = stack.transform(X)
-    logits = (top @ stack.classifier.W + stack.classifier.bias).astype(np.float64)
-    proba = np.exp(logits - logits.max(axis=1, keepdims=True))
-    proba /= proba.sum(axis=1, keepdims=True)
-    return logits, proba
+    return class_scores(stack.to_mlp(), np.asarray(X, np.float32))
 
 
 def _classify(stack: dbn_model.DBNModel, prediction: str, probability: str, raw: str) -> _Outputs:

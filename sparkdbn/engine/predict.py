@@ -1,4 +1,5 @@
-"""Predictions and evaluation in Spark: the numpy forward pass inside mapInArrow."""
+"""The main and evaluate jobs' predictions and evaluation: `kernels.mlp.class_scores` inside
+mapInArrow over packed rows (the ml models run the same function over the user's columns)."""
 
 from __future__ import annotations
 
@@ -9,13 +10,11 @@ import numpy as np
 import pyarrow as pa
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
-from pyspark.sql.types import ArrayType, DoubleType, StructField, StructType
 
-from sparkdbn.columns import features_to_numpy, unpack_rows
+from sparkdbn.columns import unpack_rows
 from sparkdbn.data import PACKED_LABEL, PACKED_X, PackedData
 from sparkdbn.engine.threads import task_blas_threads
 from sparkdbn.kernels.mlp import MLPParams, predict_proba
-from sparkdbn.model import DBNModel
 
 
 def _predict_batches(params: MLPParams, keep: list[str]):
@@ -88,51 +87,7 @@ def evaluate(predictions: DataFrame, n_classes: int) -> Evaluation:
     return Evaluation(float(np.trace(confusion) / n), n, per_class, confusion.tolist())
 
 
-def _predict_features(params: MLPParams, features_col: str, names: list[str]):
-    width = params.sizes[0]
-
-    def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        for batch in batches:
-            X, widths = features_to_numpy(batch.column(features_col))
-            if batch.num_rows and (widths != width).any():
-                bad = int(np.flatnonzero(widths != width)[0])
-                raise ValueError(
-                    f"column {features_col!r}: row {bad} of a batch has {widths[bad]} values, "
-                    f"the model expects {width}"
-                )
-            with task_blas_threads():
-                proba = predict_proba(params, X.reshape(-1, width))
-            columns = {name: batch.column(name) for name in batch.schema.names}
-            columns[names[0]] = pa.array(proba.argmax(axis=1).astype(np.float64))
-            columns[names[1]] = _probability_column(proba)
-            yield pa.RecordBatch.from_pydict(columns)
-
-    return run
-
-
 def _probability_column(proba: np.ndarray) -> pa.Array:
     k = proba.shape[1]
     flat = pa.array(proba.astype(np.float64).reshape(-1))
     return pa.FixedSizeListArray.from_arrays(flat, k).cast(pa.list_(pa.float64()))
-
-
-def predict_frame(
-    model: DBNModel,
-    df: DataFrame,
-    features_col: str = "features",
-    prediction_col: str = "prediction",
-    probability_col: str = "probability",
-) -> DataFrame:
-    """`df` with `prediction` (double) and `probability` (array<double>) columns added.
-
-    Works on the user's own columns (array or Vector features), lazily, like a Spark ML model.
-    """
-    schema = StructType(
-        df.schema.fields
-        + [
-            StructField(prediction_col, DoubleType()),
-            StructField(probability_col, ArrayType(DoubleType())),
-        ]
-    )
-    run = _predict_features(model.to_mlp(), features_col, [prediction_col, probability_col])
-    return df.mapInArrow(run, schema)

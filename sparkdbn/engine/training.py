@@ -1,12 +1,11 @@
-"""A whole training run as a library call: pretrain, fine-tune, evaluate; then write it all."""
+"""A whole training run as a library call: pretrain, fine-tune, evaluate (`outputs` writes it)."""
 
 from __future__ import annotations
 
 import dataclasses
-import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TextIO
 
 import numpy as np
 from pyspark.sql import DataFrame, SparkSession
@@ -18,7 +17,6 @@ from sparkdbn.engine.finetune import FinetuneEpoch, finetune
 from sparkdbn.engine.predict import Evaluation, evaluate, predict_packed
 from sparkdbn.engine.schedules import pretrain
 from sparkdbn.errors import DivergenceError, InputError
-from sparkdbn.fsutil import atomic_directory
 from sparkdbn.kernels.mlp import SGDConfig, from_pretrained, init_mlp
 from sparkdbn.logs import Reporter
 from sparkdbn.metrics import RunLog
@@ -183,35 +181,6 @@ def _finetune_and_evaluate(
         if test is not None:
             result.baseline_evaluation = evaluate(predict_packed(test, base), n_classes)
             report.event("evaluation", stage="baseline", **result.baseline_evaluation.to_dict())
-
-
-def metrics_dict(result: TrainingResult) -> dict[str, Any]:
-    """metrics.json: the run log plus fine-tuning curves and evaluations."""
-    out = result.run.to_dict()  # schedule, layers, makespan
-    if result.finetune_history:
-        out["finetune"] = [asdict(e) for e in result.finetune_history]
-    if result.evaluation is not None:
-        out["test_accuracy"] = result.evaluation.accuracy
-        out["test_evaluation"] = result.evaluation.to_dict()
-    if result.baseline_history:
-        out["baseline_finetune"] = [asdict(e) for e in result.baseline_history]
-    if result.baseline_evaluation is not None:
-        out["baseline_test_accuracy"] = result.baseline_evaluation.accuracy
-    return out
-
-
-def write_outputs(result: TrainingResult, output: str | Path) -> None:
-    """OUTPUT/model/…, OUTPUT/metrics.json and pictures, committed together by one rename."""
-    from sparkdbn.plots import write_pictures
-
-    with atomic_directory(output) as tmp:
-        result.model.save(tmp / "model")
-        (tmp / "metrics.json").write_text(
-            json.dumps(metrics_dict(result), indent=2) + "\n", encoding="utf-8"
-        )
-        if result.evaluation is not None:
-            (tmp / "evaluation.txt").write_text(result.evaluation.table() + "\n", encoding="utf-8")
-        write_pictures(result, tmp)
 
 
 def default_store(output: str | Path) -> Path:

@@ -26,7 +26,7 @@ import numpy as np
 
 DTYPE = np.float32
 _FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
-PREDICT_BATCH = 4096  # rows per forward pass in predict_proba: bounds memory to O(batch · width)
+PREDICT_BATCH = 4096  # rows per forward pass in class_scores: bounds memory to O(batch · width)
 # exp(-z) stays finite for z >= -floor(log(max float)): the sigmoid clips its input there.
 _EXP_LIMIT = {dt: dt.type(np.floor(np.log(np.finfo(dt).max))) for dt in _FLOAT_DTYPES}
 
@@ -209,14 +209,25 @@ def forward(params: MLPParams, X: np.ndarray) -> list[np.ndarray]:
     return acts
 
 
-def predict_proba(params: MLPParams, X: np.ndarray) -> np.ndarray:
-    """Class probabilities (n, n_classes), computed PREDICT_BATCH rows at a time."""
+def class_scores(params: MLPParams, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The softmax layer's logits and the class probabilities, float64 (n, n_classes) each.
+
+    The one forward pass that every prediction uses (the ml models, the evaluate job and the
+    main job's test evaluation): in the parameters' dtype, as trained, PREDICT_BATCH rows at a
+    time; the softmax of the logits in float64, so a row's probabilities sum to 1 within
+    float64 rounding and are exactly what its logits give.
+    """
     _check_X(params, X)
-    out = np.empty((X.shape[0], params.sizes[-1]), params.dtype)
+    logits = np.empty((X.shape[0], params.sizes[-1]), np.float64)
     for start in range(0, X.shape[0], PREDICT_BATCH):
-        log_proba = _forward(params, X[start : start + PREDICT_BATCH])[-1]
-        np.exp(log_proba, out=out[start : start + PREDICT_BATCH])
-    return out
+        rows = slice(start, start + PREDICT_BATCH)
+        _forward(params, X[rows], keep_logits=logits[rows])
+    return logits, np.exp(_log_softmax(logits.copy()))
+
+
+def predict_proba(params: MLPParams, X: np.ndarray) -> np.ndarray:
+    """Class probabilities (n, n_classes) in the parameters' dtype (`class_scores`)."""
+    return class_scores(params, X)[1].astype(params.dtype)
 
 
 def loss_and_grads(params: MLPParams, X: np.ndarray, y: np.ndarray) -> tuple[float, MLPParams]:
@@ -352,10 +363,12 @@ def _forward(
     X: np.ndarray,
     out: list[np.ndarray] | None = None,
     drop: tuple[float, np.random.Generator, list[np.ndarray]] | None = None,
+    keep_logits: np.ndarray | None = None,
 ) -> list[np.ndarray]:
     """[X, sigmoid activations..., log-probabilities]; log space gives the loss without log(0).
 
-    `drop` = (keep, rng, mask buffers) applies dropout to the hidden layers (training only).
+    `drop` = (keep, rng, mask buffers) applies dropout to the hidden layers (training only);
+    `keep_logits` receives the softmax layer's input.
     """
     acts = [X]
     last = len(params.weights) - 1
@@ -363,6 +376,8 @@ def _forward(
         z = np.matmul(acts[-1], W, out=None if out is None else out[i])
         z += b
         if i == last:
+            if keep_logits is not None:
+                np.copyto(keep_logits, z)
             acts.append(_log_softmax(z))
             continue
         acts.append(_sigmoid(z))

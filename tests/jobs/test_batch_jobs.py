@@ -29,7 +29,7 @@ from sparkdbn.cli import JobParser, run
 from sparkdbn.datasets import load_mnist_dir, to_arrow_table
 from sparkdbn.errors import InputError
 from sparkdbn.logs import Reporter, log_format_in
-from sparkdbn.metrics import EpochRecord, RunLog, progress_line
+from sparkdbn.metrics import EpochRecord, RunLog
 from sparkdbn.prepare import SPLIT_DIRS
 from tests.conftest import FIXTURE_DIR, REPO, run_job, start_job
 
@@ -290,7 +290,7 @@ def test_other_failures_exit_1_with_type_and_message() -> None:
 def test_text_mode_renders_the_progress_lines() -> None:
     out = io.StringIO()
     log = RunLog("sequential", out=out)
-    record = EpochRecord(2, 12.3456, 2.31, 25974.0, 4)
+    record = EpochRecord(2, 12.3456, 2.31, 25974.0, 4, 3, [0.5, 0.75])
     log.record_epoch(log.layer(0, 784, 16), record, 10)
     reporter = Reporter(out=out)
     reporter.event("finetune_epoch", stage="fine-tune", epoch=3, epochs=10, loss=0.5,
@@ -299,7 +299,8 @@ def test_text_mode_renders_the_progress_lines() -> None:
     reporter.event("resumed", layer=1, after_epoch=4, epochs=10)
     reporter.event("done", output="x", text="")  # JSON only
     assert out.getvalue().splitlines() == [
-        progress_line(0, record, 10),
+        "layer 0 · epoch 3/10 · recon 12.3456 · 2.31 s · 25,974 rows/s · ETA 16 s · input v4"
+        " · 3 rounds · divergence 0.75",
         "fine-tune · epoch 3/10 · loss 0.5000 · train acc 0.8750 · 1.23 s",
         "test accuracy (random init baseline): 0.8123",
         "layer 1 · resumed after epoch 4/10 (checkpoint)",

@@ -12,6 +12,7 @@ from sparkdbn.kernels.mlp import (
     EpochStats,
     MLPParams,
     SGDConfig,
+    class_scores,
     forward,
     from_pretrained,
     init_mlp,
@@ -130,6 +131,20 @@ def test_forward_shapes_and_predict_proba_in_batches():
     proba = predict_proba(params, X)
     np.testing.assert_allclose(proba, acts[-1], rtol=1e-6)
     np.testing.assert_allclose(proba.sum(axis=1), 1, rtol=1e-5)
+
+
+def test_class_scores_are_the_nets_logits_and_their_softmax():
+    rng = np.random.default_rng(11)
+    params = init_mlp([5, 7, 4], rng)
+    X = rng.standard_normal((PREDICT_BATCH + 3, 5)).astype(np.float32)
+    logits, proba = class_scores(params, X)
+    hidden = 1 / (1 + np.exp(-(X.astype(np.float64) @ params.weights[0] + params.biases[0])))
+    expected = hidden @ params.weights[1] + params.biases[1]
+    assert logits.dtype == proba.dtype == np.float64
+    np.testing.assert_allclose(logits, expected, rtol=1e-5, atol=1e-6)
+    softmax = np.exp(logits - logits.max(axis=1, keepdims=True))
+    np.testing.assert_allclose(proba, softmax / softmax.sum(axis=1, keepdims=True), atol=1e-15)
+    np.testing.assert_allclose(proba.sum(axis=1), 1, rtol=0, atol=1e-12)
 
 
 def test_sgd_fits_separable_blobs():
