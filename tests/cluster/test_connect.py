@@ -100,7 +100,7 @@ def test_library_trains_and_fine_tunes_through_connect(
     assert done.returncode == 0, done.stderr[-5000:]
     summary = json.loads(done.stdout.strip().splitlines()[-1])
     assert summary["is_connect"]
-    assert 0.0 <= summary["test_accuracy"] <= 1.0
+    assert summary["test_accuracy"] > 0.5  # chance is 0.1
     assert summary["finetune_epochs"] == 2
     assert summary["layer1_started_at"] < summary["layer0_finished_at"]
     versions = summary["layer1_input_versions"]
@@ -129,6 +129,6 @@ def test_train_dbn_job_runs_over_spark_remote(
     for name in ("layer_0.npz", "layer_1.npz", "classifier.npz", "model.json"):
         assert (output / "model" / name).is_file(), name
     metrics = json.loads((output / "metrics.json").read_text())
-    assert 0.0 <= metrics["test_accuracy"] <= 1.0
+    assert metrics["test_accuracy"] > 0.3  # chance is 0.1
     layers = {layer["layer"]: layer for layer in metrics["layers"]}
     assert layers[1]["started_at"] < layers[0]["finished_at"]

@@ -96,7 +96,7 @@ def test_train_dbn_runs_on_the_standalone_cluster(
         assert layer0["W"].shape == (784, 32) and layer0["W"].dtype == np.float32
     metrics = json.loads((output / "metrics.json").read_text())
     assert metrics["schedule"] == "pipelined"
-    assert 0.0 <= metrics["test_accuracy"] <= 1.0
+    assert metrics["test_accuracy"] > 0.3  # chance is 0.1
     layers = {layer["layer"]: layer for layer in metrics["layers"]}
     assert layers[1]["started_at"] < layers[0]["finished_at"]
     assert not output.with_name(f".{output.name}.store").exists()  # the default store is gone

@@ -23,6 +23,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from sparkdbn.config import FINETUNE_EPOCHS
+from sparkdbn.model import DBNModel
 
 REPO = Path(__file__).resolve().parents[2]
 JOB = "jobs/train_dbn.py"
@@ -156,7 +157,7 @@ def test_help_lists_the_flags() -> None:
 
 
 @pytest.mark.slow
-def test_training_run_writes_model_metrics_and_progress(spark_runs, root) -> None:
+def test_training_run_writes_model_metrics_and_progress(spark_runs, root, datasets) -> None:
     """A 16→8 run with labelled data and no fine-tuning settings exits 0, writes numpy-readable
     float32 weights, model.json, metrics.json with one record per epoch, prints one progress
     line per epoch, and fine-tunes by default: the classifier's test accuracy is in
@@ -182,7 +183,11 @@ def test_training_run_writes_model_metrics_and_progress(spark_runs, root) -> Non
         for key in ("recon_error", "seconds", "rows_per_second"):
             assert isinstance(record[key], float) and math.isfinite(record[key])
     assert len(metrics["finetune"]) == FINETUNE_EPOCHS
-    assert 0.0 <= metrics["test_accuracy"] <= 1.0
+    test = pq.read_table(datasets["good"])
+    X = np.stack(test.column("features").to_numpy(zero_copy_only=False)).astype(np.float32)
+    predicted = DBNModel.load(out / "model").predict_proba(X).argmax(axis=1)
+    expected = float(np.mean(predicted == test.column("label").to_numpy()))
+    assert metrics["test_accuracy"] == pytest.approx(expected)  # the saved model's own score
     progress = [line for line in result.stdout.splitlines() if "layer 0 · epoch " in line]
     assert len(progress) == 2
     assert "layer 0" in progress[0] and "epoch 1/2" in progress[0]

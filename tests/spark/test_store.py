@@ -41,11 +41,13 @@ spark = (
     .getOrCreate()
 )
 store = RepresentationStore(spark, sys.argv[1])
+running = sys.argv[2]  # created by the slow task once it runs
 rows = [(i, np.full(2, i, np.float32).tobytes()) for i in range(10)]
 df = spark.createDataFrame(rows, "id long, x binary").coalesce(1)
 store.publish(df, 2, {"k": 1})
 
 def slow(batches):
+    open(running, "w").close()
     for batch in batches:
         time.sleep(600)
         yield batch
@@ -314,11 +316,11 @@ def test_concurrent_writer_never_shows_partial_or_mixed_version(spark, base):
 
 
 def test_killed_writer_leaves_no_visible_version(spark, base, tmp_path):
-    log = tmp_path / "writer.log"
+    log, running = tmp_path / "writer.log", tmp_path / "slow-task-running"
     env = dict(os.environ, PYTHONPATH=str(REPO), PYSPARK_PYTHON=sys.executable)
     with log.open("wb") as err:
         proc = subprocess.Popen(
-            [sys.executable, "-c", KILLED_WRITER, str(base)],
+            [sys.executable, "-c", KILLED_WRITER, str(base), str(running)],
             env=env,
             stdout=subprocess.DEVNULL,
             stderr=err,
@@ -326,11 +328,10 @@ def test_killed_writer_leaves_no_visible_version(spark, base, tmp_path):
         )
     try:
         deadline = time.monotonic() + 150
-        while not (base / "v-000002").exists():
+        while not running.exists():
             assert proc.poll() is None, log.read_text()[-3000:]
-            assert time.monotonic() < deadline, "writer never started version 2"
+            assert time.monotonic() < deadline, "writer never started version 2's task"
             time.sleep(0.1)
-        time.sleep(1.0)  # the slow task is running now
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
