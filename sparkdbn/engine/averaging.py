@@ -10,7 +10,9 @@ O(parameters), whatever the number of partitions. When all partitions' states to
 that bound (a few partitions), the driver averages them itself with the same function
 instead, which saves the shuffle stage. Staged rows (local master) go further: each task
 trains a run of consecutive partitions and returns their weighted sum, so a round costs one
-task per core and one state per task, however many partitions there are.
+task per core and one state per task, however many partitions there are; and an epoch of
+several rounds over staged rows is one barrier stage whose tasks stay for all its rounds
+(`StagedEpoch`, chosen by `epoch_rounds`).
 
 Rows that are not staged go through DataFrame APIs only, so the same code runs over Spark
 Connect; staged rows exist under a local master only, whose stage is a plain RDD one (see
@@ -31,9 +33,12 @@ partition of a result stage. It needs a SparkContext and all states within GROUP
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+import threading
+import time
 from collections.abc import Callable, Iterable, Iterator
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -47,7 +52,7 @@ from pyspark.sql import DataFrame
 
 from sparkdbn.engine.threads import task_blas_threads
 from sparkdbn.kernels.averaging import round_rows
-from sparkdbn.staging import StagedRows, scratch_directory
+from sparkdbn.staging import StagedRows, scratch_directory, task_runs
 
 STATE_SCHEMA = "part int, chunk int, n long, sums binary, gens string, data binary"
 REDUCED_SCHEMA = "chunk int, n long, sums binary, gens string, data binary"
@@ -223,39 +228,49 @@ def _map_partitions(
     return run
 
 
+def _train_parts(
+    step: PartitionStep, state: np.ndarray, seed_key: tuple[int, ...],
+    parts: Iterable[tuple[int, pa.Table]], rnd: Round, spread_size: int,
+) -> list[_Summand]:
+    """In a task: `step` over a run of staged partitions; their row-weighted states (float64)
+    added as `_Total` adds them."""
+    summands: list[_Summand] = []
+    start: int | None = None
+    for part, table in parts:
+        start = part if start is None else start
+        ran = _run_part(step, state, seed_key, part, table, rnd, spread_size)
+        if ran is None:
+            continue
+        share = ran[0]
+        weighted = np.multiply(share.state, share.n, dtype=np.float64)
+        last = summands[-1] if summands else None
+        group = part // SUM_GROUP
+        # A run of the group from its first partition on is added up here; a group begun in
+        # another task gets its partitions one by one, for the driver to add.
+        if last is not None and last.group == group and group * SUM_GROUP >= start:
+            last.add(weighted, share)
+        else:
+            summands.append(_Summand(group, share.part, weighted, share))
+    return summands
+
+
 def _map_staged(
     step: PartitionStep, exchange: str, seed_key: tuple[int, ...], rnd: Round, spread_size: int,
 ) -> Callable[[Iterator[tuple[int, pa.Table]]], Iterator[dict]]:
     """A task over a run of staged partitions. The round's start state is a file in the
     `exchange` directory (the driver's machine runs every task), and so is what the task
-    returns: its partitions' row-weighted states (float64) added as `_Total` adds them, each
-    summand a file renamed into place so that a retried attempt replaces it whole."""
+    returns: its summands, each a file renamed into place so that a retried attempt replaces
+    it whole."""
 
     def run(parts: Iterator[tuple[int, pa.Table]]) -> Iterator[dict]:
         from pyspark import TaskContext
 
         state = np.load(os.path.join(exchange, START_FILE), mmap_mode="r")
         attempt = TaskContext.get().taskAttemptId()
-        summands: list[_Summand] = []
-        start: int | None = None
         with task_blas_threads():
-            for part, table in parts:
-                start = part if start is None else start
-                ran = _run_part(step, state, seed_key, part, table, rnd, spread_size)
-                if ran is None:
-                    continue
-                share = ran[0]
-                weighted = np.multiply(share.state, share.n, dtype=np.float64)
-                last = summands[-1] if summands else None
-                group = part // SUM_GROUP
-                # A run of the group from its first partition on is added up here; a group
-                # begun in another task gets its partitions one by one, for the driver to add.
-                if last is not None and last.group == group and group * SUM_GROUP >= start:
-                    last.add(weighted, share)
-                else:
-                    summands.append(_Summand(group, share.part, weighted, share))
+            summands = _train_parts(step, state, seed_key, parts, rnd, spread_size)
         for summand in summands:
-            yield summand.written(exchange, attempt)
+            yield summand.written(exchange, "", attempt)
 
     return run
 
@@ -273,15 +288,16 @@ class _Summand:
         self.sums += share.sums
         self.gens[share.part] = share.generator
 
-    def written(self, exchange: str, attempt: int) -> dict:
-        """The summand saved in `exchange`, and the row that tells the driver where."""
-        path = os.path.join(exchange, f"partial-{self.first:05d}.npy")
+    def written(self, exchange: str, prefix: str, attempt: int) -> dict:
+        """The summand saved in `exchange` (`prefix` names its round), and the row that tells
+        the driver where (JSON values only)."""
+        path = os.path.join(exchange, f"{prefix}partial-{self.first:05d}.npy")
         tmp = f"{path}.{attempt}.tmp"
         with open(tmp, "wb") as f:
             np.save(f, self.total)
         os.replace(tmp, path)
         return {
-            "first": self.first, "n": self.n, "sums": self.sums.tobytes(),
+            "first": self.first, "n": self.n, "sums": self.sums.tolist(),
             "gens": json.dumps(self.gens), "path": path,
         }
 
@@ -386,7 +402,7 @@ def _add_partials(partials: list[dict], state: np.ndarray) -> RoundResult:
     adder = _Total()
     for row in rows:
         weighted = np.load(row["path"], mmap_mode="r")
-        adder.add(row["first"], weighted, np.frombuffer(row["sums"], np.float64), row["n"])
+        adder.add(row["first"], weighted, np.array(row["sums"], np.float64), row["n"])
     total, sums = adder.result()
     n = adder.n
     if total.size != size:
@@ -407,6 +423,197 @@ def _staged_round(
         return _add_partials(data.run_parts(run), state)
     finally:
         shutil.rmtree(exchange, ignore_errors=True)
+
+
+ROUND_POLL_SECONDS = 0.0005
+STOP_FILE = "stop"
+
+
+def _round_prefix(index: int) -> str:
+    return f"round-{index:04d}-"
+
+
+def _write_json(path: str, value: Any, attempt: int) -> None:
+    tmp = f"{path}.{attempt}.tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(value, f)
+    os.replace(tmp, path)
+
+
+def _await_file(path: str, stop: str) -> bool:
+    """In a task: wait until `path` exists (True), or `stop` does (False)."""
+    while not os.path.exists(path):
+        if os.path.exists(stop):
+            return False
+        time.sleep(ROUND_POLL_SECONDS)
+    return True
+
+
+def _epoch_task(
+    steps: list[PartitionStep], data: StagedRows, exchange: str, seed_key: tuple[int, ...],
+    count: int, batch_size: int, spread_size: int,
+) -> Callable[[int, Iterator[int]], Iterator[int]]:
+    """A barrier task of a `StagedEpoch`: reads its run of partitions once, then for each
+    round waits for the round's start state, trains, and leaves its summands and their rows
+    (`round-R-task-T.json`) in `exchange`. Each partition's generator continues from round to
+    round in memory, as the driver would carry it; a retried stage replays from round 0."""
+    parts, columns = data.parts, data.columns
+    runs = task_runs(parts.partitions, data.spark.sparkContext.defaultParallelism)
+    stop = os.path.join(exchange, STOP_FILE)
+
+    def run(task: int, _: Iterator[int]) -> Iterator[int]:
+        from pyspark import TaskContext
+
+        attempt = TaskContext.get().taskAttemptId()
+        tables = [(i, parts.table(i, columns)) for i in runs[task]]
+        generators: dict[int, str] = {}
+        with task_blas_threads():
+            for index, step in enumerate(steps):
+                prefix = _round_prefix(index)
+                start = os.path.join(exchange, prefix + START_FILE)
+                if not _await_file(start, stop):
+                    return
+                state = np.load(start, mmap_mode="r")
+                rnd = Round(index, count, batch_size, generators)
+                summands = _train_parts(step, state, seed_key, tables, rnd, spread_size)
+                rows = [summand.written(exchange, prefix, attempt) for summand in summands]
+                generators = {p: g for summand in summands for p, g in summand.gens.items()}
+                _write_json(os.path.join(exchange, f"{prefix}task-{task:03d}.json"), rows, attempt)
+        yield task
+
+    return run
+
+
+class StagedEpoch:
+    """The rounds of one epoch over staged rows as one barrier stage, instead of a stage each.
+
+    A round's stage costs tens of milliseconds of scheduling whatever its work; here the tasks
+    start once per epoch and stay, and each round is a start state the driver writes and the
+    summands the tasks write back, in the application's scratch directory (a local master
+    runs every task on the driver's machine). Barrier mode launches all tasks together, so
+    layers training in parallel threads take the cores epoch by epoch instead of waiting on
+    each other's tasks; a failed task fails the stage, which Spark reruns whole from round 0
+    with the same start states and seeds, so the rounds come out bit-identical.
+    `run(state, rnd)` is `average_round` for round `rnd.index`, which must come in order.
+    """
+
+    def __init__(
+        self, data: StagedRows, steps: list[PartitionStep], seed_key: tuple[int, ...],
+        spread_size: int | None,
+    ) -> None:
+        self._data, self._steps, self._seed_key = data, steps, seed_key
+        self._spread = spread_size
+        self._exchange = scratch_directory(data.spark, "epoch")
+        parallelism = data.spark.sparkContext.defaultParallelism
+        self._tasks = len(task_runs(data.parts.partitions, parallelism))
+        self._job: threading.Thread | None = None
+        self._error: BaseException | None = None
+
+    def run(self, state: np.ndarray, rnd: Round) -> RoundResult:
+        state = np.array(state, np.float32)
+        if self._job is None:
+            self._start(rnd, state.size)
+        prefix = _round_prefix(rnd.index)
+        start = os.path.join(self._exchange, prefix + START_FILE)
+        np.save(f"{start}.tmp.npy", state)
+        os.replace(f"{start}.tmp.npy", start)
+        rows = [row for task in range(self._tasks) for row in self._await_task(prefix, task)]
+        return _add_partials(rows, state)
+
+    def close(self) -> None:
+        """Stop the tasks (after the last round they have stopped already) and clean up."""
+        try:
+            with open(os.path.join(self._exchange, STOP_FILE), "w"):
+                pass
+            if self._job is not None:
+                self._job.join()
+        finally:
+            shutil.rmtree(self._exchange, ignore_errors=True)
+        if self._error is not None:
+            raise self._error
+
+    def __enter__(self) -> StagedEpoch:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if exc[0] is None:
+            self.close()
+            return
+        with contextlib.suppress(Exception):  # the error that ended the epoch is reported
+            self.close()
+
+    def _start(self, rnd: Round, size: int) -> None:
+        from pyspark import InheritableThread
+
+        spread = size if self._spread is None else self._spread
+        task = _epoch_task(
+            self._steps, self._data, self._exchange, self._seed_key, rnd.count, rnd.batch_size,
+            spread,
+        )
+        sc = self._data.spark.sparkContext
+        # Spark reruns a failed barrier stage only when it is a shuffle map stage, not the
+        # result stage: the shuffle after it makes it one.
+        stage = (
+            sc.range(0, self._tasks, numSlices=self._tasks).barrier()
+            .mapPartitionsWithIndex(task).repartition(1)
+        )
+
+        def job() -> None:
+            try:
+                stage.collect()
+            except BaseException as err:  # reported by the round that waits, or by close()
+                self._error = err
+
+        self._job = InheritableThread(target=job, daemon=True)
+        self._job.start()
+
+    def _await_task(self, prefix: str, task: int) -> list[dict]:
+        path = os.path.join(self._exchange, f"{prefix}task-{task:03d}.json")
+        while not os.path.exists(path):
+            if self._job is not None and not self._job.is_alive():
+                if os.path.exists(path):
+                    break
+                error = self._error
+                self._error = None
+                raise error or RuntimeError("the epoch's stage ended before its rounds did")
+            time.sleep(ROUND_POLL_SECONDS)
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+
+
+class _RoundByRound:
+    """`average_round` for each round in turn: a stage per round."""
+
+    def __init__(
+        self, data: DataFrame | StagedRows, steps: list[PartitionStep],
+        seed_key: tuple[int, ...], partitions: int, spread_size: int | None,
+    ) -> None:
+        self._data, self._steps, self._seed_key = data, steps, seed_key
+        self._partitions, self._spread = partitions, spread_size
+
+    def run(self, state: np.ndarray, rnd: Round) -> RoundResult:
+        return average_round(
+            self._data, state, self._steps[rnd.index], self._seed_key, self._partitions, rnd,
+            self._spread,
+        )
+
+    def __enter__(self) -> _RoundByRound:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+def epoch_rounds(
+    data: DataFrame | StagedRows, steps: list[PartitionStep], seed_key: tuple[int, ...],
+    partitions: int, spread_size: int | None = None,
+) -> StagedEpoch | _RoundByRound:
+    """A context whose `run(state, rnd)` averages round `rnd.index` with `steps[rnd.index]`:
+    over staged rows, all of `steps` in one `StagedEpoch` stage (from two rounds on);
+    otherwise `average_round`, a stage each."""
+    if isinstance(data, StagedRows) and len(steps) > 1:
+        return StagedEpoch(data, steps, seed_key, spread_size)
+    return _RoundByRound(data, steps, seed_key, partitions, spread_size)
 
 
 def average_round(

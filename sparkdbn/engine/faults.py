@@ -2,12 +2,14 @@
 
 A failed attempt leaves no trace: the retry gets a fresh copy of the same state and a generator
 seeded by the same (seed key, partition) and round, so the model is bit-identical with or
-without faults. A task that serves several staged partitions fails, and is retried, whole.
+without faults. A task that serves several staged partitions fails, and is retried, whole; an
+epoch whose rounds run as one barrier stage (`StagedEpoch`) fails once and reruns whole.
 Local mode retries only with a master such as `local[2,4]` (spark.task.maxFailures = 4).
 """
 
 from __future__ import annotations
 
+import os
 from typing import Any, TypeVar
 
 import numpy as np
@@ -29,10 +31,31 @@ def failing_first_attempt(step: Step, partitions: frozenset[int]) -> Step:
         from pyspark import TaskContext
 
         part = current_partition()
-        if part in partitions and TaskContext.get().attemptNumber() == 0:
+        if part in partitions and _first_try(TaskContext.get(), part):
             raise RuntimeError(
                 f"injected fault (fault_injection): partition {part}, first attempt"
             )
         return step(table, state, rng, rows)
 
     return run
+
+
+def _first_try(context: Any, part: int) -> bool:
+    """Whether this is the partition's first try in this stage, and if so, mark it tried.
+
+    A retried task has a later attempt number. A failed barrier stage (`StagedEpoch`, local
+    master only) reruns as a new attempt of the same stage, whose tasks count from 0 again,
+    so the first try also leaves a marker in the application's scratch directory.
+    """
+    from pyspark import SparkFiles
+
+    if context.attemptNumber() != 0:
+        return False
+    marker = os.path.join(
+        SparkFiles.getRootDirectory(), f"sparkdbn-fault-{context.stageId()}-{part}"
+    )
+    try:
+        with open(marker, "x"):
+            return True
+    except FileExistsError:
+        return False

@@ -16,10 +16,9 @@ from sparkdbn.columns import unpack_rows
 from sparkdbn.data import PACKED_LABEL, PACKED_X, PackedData
 from sparkdbn.engine.averaging import (
     PartitionStep,
-    Round,
     RoundResult,
     StepResult,
-    average_round,
+    epoch_rounds,
 )
 from sparkdbn.engine.checkpoint import Checkpoint
 from sparkdbn.engine.divergence import divergence
@@ -103,19 +102,13 @@ def finetune(
     for epoch in range(done, epochs):
         lr = learning_rate_at(cfg.learning_rate, epoch, epochs, lr_schedule, lr_decay)
 
-        def run_round(
-            state: np.ndarray, rnd: Round, epoch: int = epoch, lr: float = lr
-        ) -> RoundResult:
-            factor = resolved.lr_factor(epoch, rnd.index)
-            step = failing_first_attempt(
+        def step(index: int, epoch: int = epoch, lr: float = lr) -> PartitionStep:
+            factor = resolved.lr_factor(epoch, index)
+            return failing_first_attempt(
                 mlp_step(
                     sizes, dataclasses.replace(cfg, learning_rate=lr * factor, batch_size=batch)
                 ),
                 fail_partitions,
-            )
-            return average_round(
-                data.rows(PACKED_X, PACKED_LABEL), state, step, (*seed_key, epoch),
-                data.partitions, rnd, size,
             )
 
         def guard(state: np.ndarray, result: RoundResult, epoch: int = epoch) -> None:
@@ -128,8 +121,14 @@ def finetune(
                 )
 
         start = time.perf_counter()
-        with described(spark, f"{name} · epoch {epoch + 1}"):
-            result = loop.epoch(resolved, batch, run_round, guard)
+        steps = [step(i) for i in range(resolved.rounds)]
+        with (
+            described(spark, f"{name} · epoch {epoch + 1}"),
+            epoch_rounds(
+                data.rows(PACKED_X, PACKED_LABEL), steps, (*seed_key, epoch), data.partitions, size
+            ) as rounds,
+        ):
+            result = loop.epoch(resolved, batch, rounds.run, guard)
         record = FinetuneEpoch(
             epoch=epoch,
             loss=float(result.sums[0] / result.n_rows),

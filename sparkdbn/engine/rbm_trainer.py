@@ -20,8 +20,8 @@ from sparkdbn.engine.averaging import (
     Round,
     RoundResult,
     StepResult,
-    average_round,
     can_emit,
+    epoch_rounds,
     exact_limbs,
     from_limbs,
 )
@@ -255,19 +255,16 @@ class LayerTrainer:
 
         batch = averaging.batch_size or cfg.batch_size
 
-        def round_config(rnd: Round) -> CDConfig:
-            factor = averaging.lr_factor(self.epoch, rnd.index)
+        def round_config(index: int) -> CDConfig:
+            factor = averaging.lr_factor(self.epoch, index)
             return dataclasses.replace(
                 cfg, learning_rate=cfg.learning_rate * factor, batch_size=batch
             )
 
-        def run_round(state: np.ndarray, rnd: Round) -> RoundResult:
-            step = failing_first_attempt(
-                rbm_step(self.n_visible, self.n_hidden, round_config(rnd), checksum),
+        def step(index: int) -> PartitionStep:
+            return failing_first_attempt(
+                rbm_step(self.n_visible, self.n_hidden, round_config(index), checksum),
                 self.fail_partitions,
-            )
-            return average_round(
-                data.rows(PACKED_X), state, step, seed_key, data.partitions, rnd, self.param_size
             )
 
         last_round = None
@@ -278,7 +275,8 @@ class LayerTrainer:
             ) -> None:
                 emitting = failing_first_attempt(
                     rbm_emitting_step(
-                        self.n_visible, self.n_hidden, round_config(rnd), publish.sample, checksum
+                        self.n_visible, self.n_hidden, round_config(rnd.index), publish.sample,
+                        checksum,
                     ),
                     self.fail_partitions,
                 )
@@ -286,9 +284,16 @@ class LayerTrainer:
                 emitter = EmittingRound(sc, state, emitting, seed_key, rnd, self.param_size)
                 publish.write(emitter.batches, lambda: settle(emitter.result()))
 
-        with described(self.spark, text + (" + rough version" if publish else ""), self.pool):
+        # The rounds before an emitting last round train as one stage (`epoch_rounds`).
+        steps = [step(i) for i in range(averaging.rounds - (last_round is not None))]
+        with (
+            described(self.spark, text + (" + rough version" if publish else ""), self.pool),
+            epoch_rounds(
+                data.rows(PACKED_X), steps, seed_key, data.partitions, self.param_size
+            ) as rounds,
+        ):
             result = self.loop.epoch(
-                averaging, batch, run_round, self._guard, last_round,
+                averaging, batch, rounds.run, self._guard, last_round,
                 accept=lambda done: self._verify(data, done.n_rows, done.sums),
             )
         seconds = time.perf_counter() - start

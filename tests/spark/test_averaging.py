@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pytest
+from pyspark import SparkFiles
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
@@ -426,6 +427,27 @@ def test_a_diverging_epoch_commits_no_rough_version(spark, three_parts, tmp_path
         t.train_epoch(three_parts, publish=rough_publish(store, three_parts))
     assert store.versions() == [] and t.epoch == 0
     assert np.array_equal(t.state, start_state())
+
+
+def test_an_epoch_stage_stopped_by_its_guard_leaves_the_session_clean(spark, three_parts):
+    """Three rounds run as one barrier stage (`StagedEpoch`); the guard stops it after the
+    first round: its tasks end, its exchange directory goes, and the next epoch trains."""
+    from sparkdbn.errors import DivergenceError
+
+    assert three_parts.parts is not None  # staged rows: the stage, not a stage per round
+    exploding = dataclasses.replace(CFG, learning_rate=1e38, momentum=0.0)
+    settings = AveragingSettings("plain", 3)
+    t = LayerTrainer(
+        spark, LAYER, initial(), exploding, SEED, 2, RunLog("x", out=io.StringIO()),
+        averaging=settings,
+    )
+    with pytest.raises(DivergenceError, match="diverged at layer 1, epoch 1/2"):
+        t.train_epoch(three_parts)
+    assert not list(Path(SparkFiles.getRootDirectory()).glob("sparkdbn-epoch-*"))
+    assert spark.sparkContext.statusTracker().getActiveJobsIds() == []
+    healthy = trainer(spark, averaging=settings)
+    healthy.train_epoch(three_parts)
+    assert healthy.epoch == 1 and np.isfinite(healthy.state).all()
 
 
 def test_a_changed_version_fails_the_first_epoch_on_it(spark, tmp_path) -> None:
