@@ -450,15 +450,14 @@ def _await_file(path: str, stop: str) -> bool:
 
 
 def _epoch_task(
-    steps: list[PartitionStep], data: StagedRows, exchange: str, seed_key: tuple[int, ...],
-    count: int, batch_size: int, spread_size: int,
+    steps: list[PartitionStep], data: StagedRows, runs: list[range], exchange: str,
+    seed_key: tuple[int, ...], count: int, batch_size: int, spread_size: int,
 ) -> Callable[[int, Iterator[int]], Iterator[int]]:
     """A barrier task of a `StagedEpoch`: reads its run of partitions once, then for each
     round waits for the round's start state, trains, and leaves its summands and their rows
     (`round-R-task-T.json`) in `exchange`. Each partition's generator continues from round to
     round in memory, as the driver would carry it; a retried stage replays from round 0."""
     parts, columns = data.parts, data.columns
-    runs = task_runs(parts.partitions, data.spark.sparkContext.defaultParallelism)
     stop = os.path.join(exchange, STOP_FILE)
 
     def run(task: int, _: Iterator[int]) -> Iterator[int]:
@@ -504,8 +503,8 @@ class StagedEpoch:
         self._data, self._steps, self._seed_key = data, steps, seed_key
         self._spread = spread_size
         self._exchange = scratch_directory(data.spark, "epoch")
-        parallelism = data.spark.sparkContext.defaultParallelism
-        self._tasks = len(task_runs(data.parts.partitions, parallelism))
+        self._runs = task_runs(data.parts.partitions, data.spark.sparkContext.defaultParallelism)
+        self._tasks = len(self._runs)
         self._job: threading.Thread | None = None
         self._error: BaseException | None = None
 
@@ -547,8 +546,8 @@ class StagedEpoch:
 
         spread = size if self._spread is None else self._spread
         task = _epoch_task(
-            self._steps, self._data, self._exchange, self._seed_key, rnd.count, rnd.batch_size,
-            spread,
+            self._steps, self._data, self._runs, self._exchange, self._seed_key, rnd.count,
+            rnd.batch_size, spread,
         )
         sc = self._data.spark.sparkContext
         # Spark reruns a failed barrier stage only when it is a shuffle map stage, not the
