@@ -62,6 +62,8 @@ MAX_CHUNK = 1 << 20
 START_FILE = "start.npy"
 # Partitions whose weighted states are added one after the other before the groups are.
 SUM_GROUP = 8
+# Floats per chunk of a partition's per-round arithmetic (float64: 512 KB, within L2).
+SCRATCH_FLOATS = 1 << 16
 
 # A partition step gets the partition's rows (one Arrow table), the current state, its
 # seeded generator and the indices of the rows it trains on, in order; it returns the new
@@ -180,10 +182,19 @@ def _run_part(
     finally:
         _PARTITION.reset(token)
     (new_state, n, sums), extra = (out, None) if len(out) == 3 else out
-    moved = np.subtract(new_state[:spread_size], state[:spread_size])
-    spread = float(n) * float(np.einsum("i,i->", moved, moved, dtype=np.float64))
+    spread = float(n) * _squared_distance(new_state[:spread_size], state[:spread_size])
     all_sums = np.append(np.asarray(sums, np.float64), spread)
     return _Ran(part, new_state, n, all_sums, json.dumps(rng.bit_generator.state)), extra
+
+
+def _squared_distance(a: np.ndarray, b: np.ndarray) -> float:
+    """‖a − b‖² in float64, a cache-sized chunk at a time: a partition pays it every round, and
+    einsum's float64 path over the whole state cost more than the partition's training."""
+    total = 0.0
+    for i in range(0, a.size, SCRATCH_FLOATS):
+        d = np.subtract(a[i : i + SCRATCH_FLOATS], b[i : i + SCRATCH_FLOATS], dtype=np.float64)
+        total += float(np.dot(d, d))
+    return total
 
 
 def _table(batches: Iterable[pa.RecordBatch]) -> pa.Table:
@@ -242,15 +253,14 @@ def _train_parts(
         if ran is None:
             continue
         share = ran[0]
-        weighted = np.multiply(share.state, share.n, dtype=np.float64)
         last = summands[-1] if summands else None
         group = part // SUM_GROUP
         # A run of the group from its first partition on is added up here; a group begun in
         # another task gets its partitions one by one, for the driver to add.
         if last is not None and last.group == group and group * SUM_GROUP >= start:
-            last.add(weighted, share)
+            last.add(share)
         else:
-            summands.append(_Summand(group, share.part, weighted, share))
+            summands.append(_Summand(group, share))
     return summands
 
 
@@ -278,12 +288,21 @@ def _map_staged(
 class _Summand:
     """Consecutive partitions' row-weighted states of one sum group, added in order."""
 
-    def __init__(self, group: int, first: int, weighted: np.ndarray, share: _Ran) -> None:
-        self.group, self.first, self.total = group, first, weighted
+    def __init__(self, group: int, share: _Ran) -> None:
+        self.group, self.first = group, share.part
+        self.total = np.multiply(share.state, share.n, dtype=np.float64)
         self.n, self.sums, self.gens = share.n, share.sums.copy(), {share.part: share.generator}
 
-    def add(self, weighted: np.ndarray, share: _Ran) -> None:
-        self.total += weighted
+    def add(self, share: _Ran) -> None:
+        """total += n·state, in chunks: the same float64 products and sums as adding the
+        whole weighted state, without a state-sized temporary per partition."""
+        scratch = np.empty(min(SCRATCH_FLOATS, self.total.size), np.float64)
+        for i in range(0, self.total.size, SCRATCH_FLOATS):
+            chunk = self.total[i : i + SCRATCH_FLOATS]
+            chunk += np.multiply(
+                share.state[i : i + SCRATCH_FLOATS], share.n, out=scratch[: chunk.size],
+                dtype=np.float64,
+            )
         self.n += share.n
         self.sums += share.sums
         self.gens[share.part] = share.generator

@@ -51,10 +51,10 @@ def mlp_step(sizes: list[int], cfg: SGDConfig) -> PartitionStep:
     ) -> StepResult:
         X = unpack_rows(table.column(PACKED_X), sizes[0])
         y = table.column(PACKED_LABEL).to_numpy().astype(np.int64, copy=False)
-        params = MLPParams.from_flat(state[:size], sizes)
-        velocity = MLPParams.from_flat(state[size:], sizes)
+        new_state = np.array(state, np.float32)  # trained in place through the views below
+        params = MLPParams.from_flat(new_state[:size], sizes, copy=False)
+        velocity = MLPParams.from_flat(new_state[size:], sizes, copy=False)
         stats = sgd_epoch(params, velocity, X, y, cfg, rng, rows=rows)
-        new_state = np.concatenate([params.to_flat(), velocity.to_flat()])
         return new_state, stats.n_rows, np.array([stats.loss_sum, stats.correct])
 
     return step

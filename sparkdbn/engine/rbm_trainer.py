@@ -53,12 +53,12 @@ def _epoch(
     are the squared reconstruction error and, with `checksum`, those rows' checksum terms."""
     size = n_visible * n_hidden + n_visible + n_hidden
     X = unpack_rows(table.column(PACKED_X), n_visible)
-    params = RBMParams.from_flat(state[:size], n_visible, n_hidden)
-    velocity = RBMParams.from_flat(state[size:], n_visible, n_hidden)
+    new_state = np.array(state, DTYPE)  # trained in place through the views below
+    params = RBMParams.from_flat(new_state[:size], n_visible, n_hidden, copy=False)
+    velocity = RBMParams.from_flat(new_state[size:], n_visible, n_hidden, copy=False)
     stats = cd_epoch(
         params, velocity, X, cfg, rng, hidden_out=hidden_out, hidden_sample=sample, rows=rows
     )
-    new_state = np.concatenate([params.to_flat(), velocity.to_flat()])
     terms = exact_limbs(checksum_terms(X[rows])) if checksum else []
     return new_state, stats.n_rows, np.array([stats.recon_sq_error, *terms])
 

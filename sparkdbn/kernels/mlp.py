@@ -82,17 +82,22 @@ class MLPParams:
         )
 
     @classmethod
-    def from_flat(cls, flat: np.ndarray, sizes: list[int]) -> MLPParams:
-        """Inverse of `to_flat`; copies, so read-only (e.g. Arrow-backed) input is fine."""
+    def from_flat(cls, flat: np.ndarray, sizes: list[int], copy: bool = True) -> MLPParams:
+        """Inverse of `to_flat`; copies, so read-only (e.g. Arrow-backed) input is fine.
+
+        With `copy=False` the arrays are views of `flat`, so in-place training updates `flat`
+        itself: a partition's round trains its own copy of the state without unpacking and
+        re-concatenating it."""
         flat = np.asarray(flat)
         expected = sum(n_in * n_out + n_out for n_in, n_out in pairwise(sizes))
         if flat.shape != (expected,):
             raise ValueError(f"flat vector {flat.shape} does not fit sizes {sizes}: ({expected},)")
         weights, biases, pos = [], [], 0
+        take = np.copy if copy else np.asarray
         for n_in, n_out in pairwise(sizes):
-            weights.append(flat[pos : pos + n_in * n_out].reshape(n_in, n_out).copy())
+            weights.append(take(flat[pos : pos + n_in * n_out].reshape(n_in, n_out)))
             pos += n_in * n_out
-            biases.append(flat[pos : pos + n_out].copy())
+            biases.append(take(flat[pos : pos + n_out]))
             pos += n_out
         return cls(weights, biases)
 

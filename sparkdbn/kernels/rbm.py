@@ -71,15 +71,20 @@ class RBMParams:
         return np.concatenate([self.W.ravel(), self.vbias, self.hbias]).astype(DTYPE, copy=False)
 
     @classmethod
-    def from_flat(cls, flat: np.ndarray, n_visible: int, n_hidden: int) -> RBMParams:
+    def from_flat(
+        cls, flat: np.ndarray, n_visible: int, n_hidden: int, copy: bool = True
+    ) -> RBMParams:
+        """Inverse of `to_flat`. With `copy=False` (float32 input) the arrays are views of
+        `flat`, so in-place training updates `flat` itself (see `MLPParams.from_flat`)."""
         size = n_visible * n_hidden
         if flat.shape != (size + n_visible + n_hidden,):
             raise ValueError(f"flat vector {flat.shape} does not fit {n_visible}×{n_hidden}")
         flat = np.asarray(flat, DTYPE)
+        take = np.copy if copy else np.asarray
         return cls(
-            flat[:size].reshape(n_visible, n_hidden).copy(),
-            flat[size : size + n_visible].copy(),
-            flat[size + n_visible :].copy(),
+            take(flat[:size].reshape(n_visible, n_hidden)),
+            take(flat[size : size + n_visible]),
+            take(flat[size + n_visible :]),
         )
 
 
