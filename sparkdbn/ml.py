@@ -1,10 +1,11 @@
 """pyspark.ml Estimators and Models over the sparkdbn engine: RBM, DBN and DBNClassifier.
 
 They behave like Spark's own stages, so they compose with `Pipeline`, `CrossValidator` and
-`ParamGridBuilder`: Params with getters and setters, `keyword_only` constructors, `fit`,
-`transform`, `save` and `load`. Fitting runs `sparkdbn.engine.training.train`; transforming
-runs the numpy forward pass in one `mapInArrow`. Both use DataFrame APIs only (no RDDs,
-broadcasts or SparkContext), so they also work over Spark Connect.
+`ParamGridBuilder`: Params with getters and setters (made from the settings schema),
+keyword-only constructors, `fit`, `transform`, `save` and `load`. Fitting runs
+`sparkdbn.engine.training.train`; transforming runs the numpy forward pass in one
+`mapInArrow`. Both use DataFrame APIs only (no RDDs, broadcasts or SparkContext), so they also
+work over Spark Connect.
 
 Features may be `array<float>`, `array<double>` or pyspark.ml Vectors, dense or sparse (sparse
 rows are densified one Arrow batch at a time). `layers` lists the *hidden* sizes only; the
