@@ -24,11 +24,11 @@ import pyarrow.parquet as pq
 
 from sparkdbn import benchmark as bm
 from sparkdbn.cli import JobParser, run
-from sparkdbn.config import parse_sizes
 from sparkdbn.errors import InputError
 from sparkdbn.fsutil import IF_EXISTS, check_target, write_text_atomic
 from sparkdbn.kernels.rbm import CDConfig
 from sparkdbn.logs import Reporter
+from sparkdbn.settings import parse_sizes
 
 DEFAULT_DATA = bm.REPO / "data" / "fashion-mnist" / "train"
 JOBS = bm.REPO / "jobs"

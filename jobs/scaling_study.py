@@ -17,10 +17,11 @@ from __future__ import annotations
 import sys
 
 from sparkdbn.cli import JobParser, run
-from sparkdbn.config import CHOICES_OF_AVERAGING, load_config, parse_sizes
+from sparkdbn.config import CHOICES_OF_AVERAGING, load_config
 from sparkdbn.errors import InputError
 from sparkdbn.fsutil import IF_EXISTS, check_target
 from sparkdbn.logs import Reporter
+from sparkdbn.settings import parse_sizes
 
 DEFAULT_CONFIG = "conf/scaling.toml"
 

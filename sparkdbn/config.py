@@ -1,18 +1,22 @@
-"""Typed training configuration: defaults, then a TOML file, then command-line flags.
+"""The training settings: the schema, declared once, and the config of a run.
 
-TOML keys are the flags' names in snake_case (`--learning-rate` is `learning_rate`). Every value
-is checked here, once, so a bad setting is an `InputError` naming the key before any Spark work.
+Every setting is a `TrainConfig` field made by `settings.setting()`: its name is the TOML key
+and, with dashes, the flag (`learning_rate`, `--learning-rate`); the field carries its type,
+default, help, rule and pyspark.ml param. The flags, the TOML loader, the ml Params and the
+checks all come from `SETTINGS`. A config is defaults, then a TOML file, then flags, checked
+here once, so that a bad setting is an `InputError` naming the key before any Spark work.
+The CD-k and fine-tuning defaults are the kernels' own (`CDConfig`, `SGDConfig`): the kernels
+cannot import from here, so the schema reads them from there.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import math
+import functools
 import tomllib
-import types
-import typing
-from dataclasses import dataclass, field, fields
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,246 +28,226 @@ from sparkdbn.kernels.averaging import (
     LOCAL_MOMENTUM,
     AveragingSettings,
 )
-from sparkdbn.kernels.mlp import LR_SCHEDULES
+from sparkdbn.kernels.mlp import LR_SCHEDULES, SGDConfig
+from sparkdbn.kernels.rbm import VISIBLE_TYPES, CDConfig
+from sparkdbn.settings import (
+    CLASSIFIER,
+    CONFIG,
+    FRACTION,
+    NON_NEGATIVE,
+    POSITIVE,
+    PRETRAIN,
+    STACK,
+    Rule,
+    Setting,
+    Source,
+    add_flags,
+    at_least,
+    check,
+    coerce,
+    one_of,
+    setting,
+    settings_of,
+)
 
 SCHEDULES = ("sequential", "pipelined", "tied")
 REPRESENTATIONS = ("probabilities", "sample")
 ROUGH_VERSIONS = ("in_epoch", "after_epoch")
 CACHE_VERSIONS = ("auto", "always", "never")
-VISIBLE = ("bernoulli", "gaussian")
 CHOICES_OF_AVERAGING = CHOICES
 # Fine-tuning epochs when finetune_epochs is not set and the training data has labels.
 FINETUNE_EPOCHS = 20
+SIZES = Rule("list at least two positive sizes", lambda v: len(v) >= 2 and min(v) > 0)
+
+
+def _fault_partitions(spec: str) -> frozenset[int] | None:
+    """'partition:1,3' → {1, 3}; None if `spec` does not look like that."""
+    kind, _, numbers = spec.partition(":")
+    try:
+        parts = frozenset(int(n) for n in numbers.split(","))
+    except ValueError:
+        return None
+    return parts if kind == "partition" and min(parts) >= 0 else None
+
+
+FAULT_SPEC = Rule(
+    "look like 'partition:1' or 'partition:0,2'", lambda v: _fault_partitions(v) is not None
+)
+
+
+_pretrain = functools.partial(setting, group=PRETRAIN)
+_stack = functools.partial(setting, group=STACK)
+_classifier = functools.partial(setting, group=CLASSIFIER)
 
 
 @dataclass
 class TrainConfig:
-    """All settings of a training run; field docs double as the --help texts."""
+    """All settings of a training run: the schema (see the module's docstring). A setting of
+    `_pretrain`, `_stack` or `_classifier` is also a param of those ml stages, named in
+    camelCase (`learningRate`) unless `param` says otherwise."""
 
-    train: str | None = field(default=None, metadata={"help": "training data (Parquet path)"})
-    test: str | None = field(default=None, metadata={"help": "held-out data (Parquet path)"})
-    output: str | None = field(default=None, metadata={"help": "output directory"})
-    layers: list[int] = field(
-        default_factory=lambda: [784, 500],
-        metadata={"help": "layer sizes, visible first, e.g. 784,500,500,2000"},
+    train: str | None = setting(None, "training data (Parquet path)")
+    test: str | None = setting(None, "held-out data (Parquet path)")
+    output: str | None = setting(None, "output directory")
+    layers: list[int] = setting([784, 500], "layer sizes, visible first, e.g. 784,500,2000", SIZES)
+    visible: str = _pretrain(
+        CDConfig.visible,
+        "visible units: bernoulli for data in [0, 1], gaussian for standardized data",
+        one_of(VISIBLE_TYPES),
     )
-    visible: str = field(default="bernoulli", metadata={"help": "bernoulli|gaussian"})
-    epochs: int = field(default=10, metadata={"help": "pretraining epochs per layer"})
-    k: int = field(default=1, metadata={"help": "Gibbs steps of CD-k"})
-    learning_rate: float = field(default=0.1, metadata={"help": "CD learning rate"})
-    momentum: float = field(default=0.5, metadata={"help": "CD momentum (first epochs)"})
-    final_momentum: float | None = field(
-        default=None, metadata={"help": "CD momentum after momentum_epochs (Hinton: 0.9)"}
+    epochs: int = _pretrain(10, "pretraining epochs per layer", POSITIVE, param="maxIter")
+    k: int = _pretrain(CDConfig.k, "Gibbs steps of CD-k", POSITIVE)
+    learning_rate: float = _pretrain(CDConfig.learning_rate, "CD learning rate", POSITIVE)
+    momentum: float = _pretrain(
+        CDConfig.momentum, "CD momentum of the first momentum_epochs epochs", FRACTION
     )
-    momentum_epochs: int = field(
-        default=5, metadata={"help": "epochs at the initial momentum before final_momentum"}
+    final_momentum: float | None = setting(
+        None, "CD momentum after momentum_epochs (Hinton: 0.9; default: keep momentum)", FRACTION
     )
-    weight_decay: float = field(default=0.0002, metadata={"help": "L2 weight decay (CD)"})
-    batch_size: int = field(default=100, metadata={"help": "mini-batch rows"})
-    sample_visible: bool = field(
-        default=False, metadata={"help": "sample visible states in the Gibbs chain"}
+    momentum_epochs: int = setting(
+        5, "epochs at the initial momentum before final_momentum", NON_NEGATIVE
     )
-    averaging: str = field(
-        default=DEFAULT_STRATEGY,
-        metadata={"help": "how the partitions' models are combined: auto (derived from the "
-                  "partitions and their rows) | plain (the paper's average, once per epoch) | "
-                  "block | nesterov (block momentum, Chen & Huo)"},
+    weight_decay: float = _pretrain(CDConfig.weight_decay, "L2 weight decay of CD", NON_NEGATIVE)
+    batch_size: int = _pretrain(CDConfig.batch_size, "mini-batch rows", POSITIVE)
+    sample_visible: bool = setting(
+        CDConfig.sample_visible, "sample visible states in the Gibbs chain (else mean field)"
     )
-    rounds_per_epoch: int | None = field(
-        default=None,
-        metadata={"help": "averaging rounds per epoch (default: derived; plain: 1)"},
+    averaging: str = _pretrain(
+        DEFAULT_STRATEGY,
+        "how the partitions' models are combined, in pretraining and fine-tuning: auto "
+        "(derived from the partitions and their rows) | plain (the paper's average, once per "
+        "epoch) | block | nesterov (block momentum, Chen & Huo)",
+        one_of(CHOICES),
     )
-    block_momentum: float | None = field(
-        default=None, metadata={"help": "block momentum in [0, 1) (default: derived)"}
+    rounds_per_epoch: int | None = _pretrain(
+        None, "averaging rounds per epoch (default: derived; plain: 1)", POSITIVE
     )
-    block_learning_rate: float | None = field(
-        default=None, metadata={"help": "block learning rate, > 0 (default: 1)"}
+    block_momentum: float | None = _pretrain(None, "block momentum (default: derived)", FRACTION)
+    block_learning_rate: float | None = _pretrain(
+        None, "block learning rate (default: 1)", POSITIVE
     )
-    local_momentum: str | None = field(
-        default=None,
-        metadata={"help": "the partitions' momentum at each round: averaged | reset "
-                  "(default: derived)"},
+    local_momentum: str | None = _pretrain(
+        None, "the partitions' momentum at each round (default: derived)", one_of(LOCAL_MOMENTUM)
     )
-    local_lr_scale: float | None = field(
-        default=None,
-        metadata={"help": "factor on the partitions' learning rates, > 0 (default: derived; "
-                  "plain: 1)"},
+    local_lr_scale: float | None = _pretrain(
+        None, "factor on the partitions' learning rates (default: derived; plain: 1)", POSITIVE
     )
-    local_batch_size: int | None = field(
-        default=None,
-        metadata={"help": "the partitions' mini-batch rows in pretraining and fine-tuning "
-                  "(default: derived; auto makes it smaller where partitions are small)"},
+    local_batch_size: int | None = _pretrain(
+        None,
+        "the partitions' mini-batch rows in pretraining and fine-tuning (default: derived; "
+        "auto makes it smaller where partitions are small)",
+        POSITIVE,
     )
-    lr_warmup_epochs: float | None = field(
-        default=None,
-        metadata={"help": "epochs over which local_lr_scale is reached from 1, >= 0 "
-                  "(default: derived)"},
+    lr_warmup_epochs: float | None = _pretrain(
+        None,
+        "epochs over which the partitions' learning-rate factor is reached from 1 (default: "
+        "derived)",
+        NON_NEGATIVE,
     )
-    representation: str = field(
-        default="probabilities",
-        metadata={"help": "what upper layers train on: probabilities|sample"},
+    representation: str = _stack(
+        "probabilities", "what upper layers train on: hidden probabilities or binary samples",
+        one_of(REPRESENTATIONS),
     )
-    schedule: str = field(
-        default="sequential", metadata={"help": "layer schedule: sequential|pipelined|tied"}
+    schedule: str = _stack(
+        "sequential",
+        "layer schedule (tied needs each layer's shape to equal, or be the transpose of, the "
+        "one below)",
+        one_of(SCHEDULES),
     )
-    start_after: int = field(
-        default=1, metadata={"help": "epochs before a layer publishes its first rough version"}
+    start_after: int = _stack(
+        1, "epochs before a layer publishes its first rough version", POSITIVE
     )
-    publish_every: int = field(
-        default=1, metadata={"help": "epochs between a layer's rough versions"}
+    publish_every: int = _stack(1, "epochs between a layer's rough versions", POSITIVE)
+    final_epochs: int = _stack(
+        2,
+        "epochs an upper layer trains on the final version of its input, at least; at most "
+        "the epochs",
+        POSITIVE,
     )
-    final_epochs: int = field(
-        default=2, metadata={"help": "epochs an upper layer trains on the final input (at least)"}
+    rough_versions: str = _stack(
+        "in_epoch",
+        "how rough versions are made: in_epoch (the epoch's own positive phase, no extra "
+        "pass) | after_epoch (a pass with the averaged weights)",
+        one_of(ROUGH_VERSIONS),
     )
-    rough_versions: str = field(
-        default="in_epoch",
-        metadata={"help": "how rough versions are made: in_epoch (the epoch's own positive "
-                  "phase, no extra pass) | after_epoch (a pass with the averaged weights)"},
+    cache_versions: str = _stack(
+        "auto",
+        "keep loaded versions in Spark's cache: auto (unless the store is on the local disk "
+        "of a classic application, where rereading is as fast) | always | never",
+        one_of(CACHE_VERSIONS),
     )
-    cache_versions: str = field(
-        default="auto",
-        metadata={"help": "keep loaded versions in Spark's cache: auto (unless the store is on "
-                  "the local disk of a classic application, where rereading is as fast) | "
-                  "always | never"},
+    store: str | None = setting(
+        None, "representation store path (any Hadoop FS); default: inside OUTPUT"
     )
-    store: str | None = field(
-        default=None,
-        metadata={"help": "representation store path (any Hadoop FS); default: inside OUTPUT"},
+    keep_versions: int = _stack(
+        3, "versions a store keeps per layer, besides leased and final ones", POSITIVE
     )
-    keep_versions: int = field(default=3, metadata={"help": "versions a store keeps per layer"})
-    finetune_epochs: int | None = field(
-        default=None,
-        metadata={"help": f"backprop fine-tuning epochs (0: pretraining only; default: "
-                  f"{FINETUNE_EPOCHS} when the training data has the label column, else 0)"},
+    finetune_epochs: int | None = _classifier(
+        None,
+        f"backprop fine-tuning epochs (0: pretraining only; default: {FINETUNE_EPOCHS} when "
+        "the training data has the label column, else 0)",
+        NON_NEGATIVE, param_default=FINETUNE_EPOCHS, param_rule=POSITIVE,
     )
-    finetune_learning_rate: float = field(default=0.2, metadata={"help": "fine-tuning SGD rate"})
-    finetune_momentum: float = field(default=0.9, metadata={"help": "fine-tuning momentum"})
-    finetune_weight_decay: float = field(
-        default=1e-5, metadata={"help": "fine-tuning L2 weight decay"}
+    finetune_learning_rate: float = _classifier(
+        SGDConfig.learning_rate, "fine-tuning SGD rate", POSITIVE
     )
-    finetune_batch_size: int = field(default=100, metadata={"help": "fine-tuning mini-batch"})
-    finetune_dropout: float = field(
-        default=0.0, metadata={"help": "probability of dropping a hidden unit in fine-tuning"}
+    finetune_momentum: float = _classifier(SGDConfig.momentum, "fine-tuning momentum", FRACTION)
+    finetune_weight_decay: float = _classifier(
+        SGDConfig.weight_decay, "fine-tuning L2 weight decay", NON_NEGATIVE
     )
-    finetune_lr_decay: float = field(
-        default=1.0,
-        metadata={"help": "fine-tuning learning rate factor per epoch (exponential schedule)"},
+    finetune_batch_size: int = _classifier(
+        SGDConfig.batch_size, "fine-tuning mini-batch rows", POSITIVE
     )
-    finetune_lr_schedule: str = field(
-        default="cosine",
-        metadata={"help": "fine-tuning learning rate schedule: exponential|cosine (to 0)"},
+    finetune_dropout: float = setting(
+        SGDConfig.dropout, "probability of dropping a hidden unit in fine-tuning", FRACTION
     )
-    n_classes: int | None = field(
-        default=None, metadata={"help": "output classes (default: largest label + 1)"}
+    finetune_lr_decay: float = _classifier(
+        1.0, "fine-tuning learning rate factor per epoch, for the exponential schedule", POSITIVE
     )
-    baseline: bool = field(
-        default=False,
-        metadata={"help": "also fine-tune the same net from random weights, for comparison"},
+    finetune_lr_schedule: str = _classifier(
+        "cosine", "fine-tuning learning rate schedule (cosine anneals it to 0)",
+        one_of(LR_SCHEDULES),
     )
-    baseline_learning_rate: float | None = field(
-        default=None,
-        metadata={"help": "the baseline's SGD rate (default: finetune_learning_rate); a deep "
-                  "sigmoid net from random weights needs a smaller one"},
+    n_classes: int | None = setting(
+        None, "output classes (default: largest label + 1)", at_least(2)
     )
-    seed: int = field(default=0, metadata={"help": "random seed"})
-    partitions: int | None = field(
-        default=None, metadata={"help": "repartition the training data into N partitions"}
+    baseline: bool = setting(
+        False, "also fine-tune the same net from random weights, for comparison"
     )
-    features_col: str = field(default="features", metadata={"help": "features column"})
-    label_col: str = field(default="label", metadata={"help": "label column"})
-    if_exists: str = field(
-        default="error",
-        metadata={"help": "existing output or checkpoint: error|overwrite|resume"},
+    baseline_learning_rate: float | None = setting(
+        None,
+        "the baseline's SGD rate (default: finetune_learning_rate); a deep sigmoid net from "
+        "random weights needs a smaller one",
+        POSITIVE,
     )
-    checkpoint_every: int = field(
-        default=1,
-        metadata={"help": "epochs between checkpoints beside OUTPUT, for resume (0: none)"},
+    seed: int = _pretrain(0, "random seed", NON_NEGATIVE)
+    partitions: int | None = _pretrain(
+        None,
+        "repartition the training data into this many partitions, by id (default: as given)",
+        POSITIVE, param="numPartitions",
     )
-    fault_injection: str | None = field(
-        default=None,
-        metadata={
-            "help": "testing: 'partition:P[,P...]' makes those partitions' training tasks fail "
-            "their first attempt (Spark retries need spark.task.maxFailures > 1)"
-        },
+    features_col: str = _pretrain("features", "features column")
+    label_col: str = _classifier("label", "label column")
+    if_exists: str = setting(
+        "error", "what to do with an existing output or checkpoint",
+        one_of(RESUMABLE_IF_EXISTS),
+    )
+    checkpoint_every: int = _pretrain(
+        1, "epochs between checkpoints beside OUTPUT, for resume (0: none)", NON_NEGATIVE,
+        param="checkpointInterval", param_rule=POSITIVE,
+    )
+    fault_injection: str | None = setting(
+        None,
+        "testing: 'partition:P[,P...]' makes those partitions' training tasks fail their "
+        "first attempt (Spark retries need spark.task.maxFailures > 1)",
+        FAULT_SPEC,
     )
 
-    def validate(self) -> TrainConfig:
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if isinstance(value, float) and not math.isfinite(value):
-                raise InputError(f"config {f.name} must be a finite number, got {value!r}")
-        positive = (
-            "epochs", "k", "learning_rate", "batch_size", "start_after", "publish_every",
-            "final_epochs", "keep_versions", "finetune_learning_rate", "finetune_batch_size",
-            "finetune_lr_decay",
-        )
-        if self.baseline_learning_rate is not None and self.baseline_learning_rate <= 0:
-            raise InputError(
-                f"config baseline_learning_rate must be > 0, got {self.baseline_learning_rate!r}"
-            )
-        for name in positive:
-            if getattr(self, name) <= 0:
-                raise InputError(f"config {name} must be > 0, got {getattr(self, name)!r}")
-        for name in ("rounds_per_epoch", "local_batch_size", "block_learning_rate",
-                     "local_lr_scale"):
-            if getattr(self, name) is not None and getattr(self, name) <= 0:
-                raise InputError(f"config {name} must be > 0, got {getattr(self, name)!r}")
-        if self.lr_warmup_epochs is not None and self.lr_warmup_epochs < 0:
-            raise InputError(
-                f"config lr_warmup_epochs must be >= 0, got {self.lr_warmup_epochs!r}"
-            )
-        for name in ("momentum", "final_momentum", "finetune_momentum", "block_momentum"):
-            if getattr(self, name) is not None and not 0 <= getattr(self, name) < 1:
-                raise InputError(f"config {name} must be in [0, 1), got {getattr(self, name)!r}")
-        for name in ("weight_decay", "finetune_weight_decay", "finetune_epochs", "momentum_epochs"):
-            if getattr(self, name) is not None and getattr(self, name) < 0:
-                raise InputError(f"config {name} must be >= 0, got {getattr(self, name)!r}")
-        if not 0 <= self.finetune_dropout < 1:
-            raise InputError(
-                f"config finetune_dropout must be in [0, 1), got {self.finetune_dropout!r}"
-            )
-        if self.n_classes is not None and self.n_classes < 2:
-            raise InputError(f"config n_classes must be >= 2, got {self.n_classes!r}")
-        if self.seed < 0:
-            raise InputError(f"config seed must be >= 0, got {self.seed!r}")
-        if self.checkpoint_every < 0:
-            raise InputError(f"config checkpoint_every must be >= 0, got {self.checkpoint_every!r}")
-        parse_fault_injection(self.fault_injection)
-        if self.partitions is not None and self.partitions <= 0:
-            raise InputError(f"config partitions must be > 0, got {self.partitions!r}")
-        if len(self.layers) < 2 or any(n <= 0 for n in self.layers):
-            raise InputError(
-                f"config layers must list at least two positive sizes, got {self.layers!r}"
-            )
-        choices = (
-            ("visible", VISIBLE),
-            ("averaging", CHOICES),
-            ("representation", REPRESENTATIONS),
-            ("schedule", SCHEDULES),
-            ("rough_versions", ROUGH_VERSIONS),
-            ("cache_versions", CACHE_VERSIONS),
-            ("finetune_lr_schedule", LR_SCHEDULES),
-            ("if_exists", RESUMABLE_IF_EXISTS),
-        )
-        for name, allowed in choices:
-            if getattr(self, name) not in allowed:
-                raise InputError(
-                    f"config {name} must be one of {'|'.join(allowed)}, got {getattr(self, name)!r}"
-                )
-        if self.schedule != "sequential" and self.final_epochs > self.epochs:
-            raise InputError(
-                f"config final_epochs ({self.final_epochs}) must not exceed epochs ({self.epochs})"
-            )
-        if self.finetune_lr_schedule != "exponential" and self.finetune_lr_decay != 1.0:
-            raise InputError(
-                f"config finetune_lr_decay ({self.finetune_lr_decay!r}) applies to the exponential "
-                f"schedule only; finetune_lr_schedule is {self.finetune_lr_schedule!r}"
-            )
-        if self.local_momentum is not None and self.local_momentum not in LOCAL_MOMENTUM:
-            raise InputError(
-                f"config local_momentum must be one of {'|'.join(LOCAL_MOMENTUM)}, "
-                f"got {self.local_momentum!r}"
-            )
+    def validate(self, source: Source = CONFIG) -> TrainConfig:
+        """Every setting against its rule, then the rules between settings."""
+        for s in SETTINGS:
+            check(s, getattr(self, str(s.key)), source)
+        check_relations(dataclasses.asdict(self), source)
         if self.schedule == "tied":
             tie_plan(self.layers)
         if self.test is not None:
@@ -288,33 +272,25 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
 
-def _base_type(annotation: Any) -> type:
-    """`int | None` → int, `list[int]` → list; the annotations here are strings (PEP 563)."""
-    hint = typing.get_type_hints(TrainConfig)[annotation]
-    if isinstance(hint, types.UnionType):
-        hint = next(a for a in typing.get_args(hint) if a is not type(None))
-    return typing.get_origin(hint) or hint
+SETTINGS: tuple[Setting, ...] = settings_of(TrainConfig)
+BY_KEY: dict[str, Setting] = {str(s.key): s for s in SETTINGS}
 
 
-def coerce(key: str, value: Any) -> Any:
-    """Check (and for ints in float fields, widen) one value against the field's type."""
-    names = {f.name for f in fields(TrainConfig)}
-    if key not in names:
-        raise InputError(f"unknown config key {key!r}; known keys are {sorted(names)}")
-    base = _base_type(key)
-    if base is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if base is list:
-        if isinstance(value, str):
-            value = parse_sizes(key, value)
-        if not isinstance(value, list) or not all(
-            isinstance(v, int) and not isinstance(v, bool) for v in value
-        ):
-            raise InputError(f"config {key} must be a list of integers, got {value!r}")
-        return value
-    if not isinstance(value, base) or (base is int and isinstance(value, bool)):
-        raise InputError(f"config {key} must be {base.__name__}, got {value!r}")
-    return value
+def check_relations(values: Mapping[str, Any], source: Source = CONFIG) -> None:
+    """The rules between settings whose values each passed their own."""
+    final, epochs, schedule = (BY_KEY[k] for k in ("final_epochs", "epochs", "schedule"))
+    if values["schedule"] != "sequential" and values["final_epochs"] > values["epochs"]:
+        raise InputError(
+            f"{source.where(final)} must not exceed {source.name(epochs)} ({values['epochs']}) "
+            f"under {source.name(schedule)} {values['schedule']}, got {values['final_epochs']}"
+        )
+    decay, lr_schedule = BY_KEY["finetune_lr_decay"], BY_KEY["finetune_lr_schedule"]
+    if values["finetune_lr_schedule"] != "exponential" and values["finetune_lr_decay"] != 1.0:
+        raise InputError(
+            f"{source.where(decay)} applies to the exponential schedule only "
+            f"({source.name(lr_schedule)} is {values['finetune_lr_schedule']!r}), "
+            f"got {values['finetune_lr_decay']!r}"
+        )
 
 
 def check_test_use(cfg: TrainConfig) -> None:
@@ -330,23 +306,8 @@ def parse_fault_injection(spec: str | None) -> frozenset[int]:
     """'partition:1,3' → {1, 3}; None → no faults."""
     if spec is None:
         return frozenset()
-    kind, _, numbers = spec.partition(":")
-    try:
-        parts = frozenset(int(n) for n in numbers.split(","))
-    except ValueError:
-        parts = frozenset({-1})
-    if kind != "partition" or min(parts) < 0:
-        raise InputError(
-            f"config fault_injection must look like 'partition:1' or 'partition:0,2', got {spec!r}"
-        )
-    return parts
-
-
-def parse_sizes(key: str, text: str) -> list[int]:
-    try:
-        return [int(part) for part in text.split(",") if part.strip()]
-    except ValueError as err:
-        raise InputError(f"{key} must be comma-separated integers, got {text!r}") from err
+    check(BY_KEY["fault_injection"], spec, CONFIG)
+    return _fault_partitions(spec) or frozenset()
 
 
 def read_toml(path: str | Path) -> dict[str, Any]:
@@ -363,35 +324,25 @@ def load_config(path: str | Path | None, overrides: dict[str, Any]) -> TrainConf
     """Defaults ← TOML file ← overrides (flags that were given; None means not given)."""
     values: dict[str, Any] = {}
     if path is not None:
-        values.update({k: coerce(k, v) for k, v in read_toml(path).items()})
-    values.update({k: coerce(k, v) for k, v in overrides.items() if v is not None})
+        values.update({k: _coerce(k, v) for k, v in read_toml(path).items()})
+    values.update({k: _coerce(k, v) for k, v in overrides.items() if v is not None})
     return TrainConfig(**values).validate()
 
 
+def _coerce(key: str, value: Any) -> Any:
+    if key not in BY_KEY:
+        raise InputError(f"unknown config key {key!r}; known keys are {sorted(BY_KEY)}")
+    return coerce(BY_KEY[key], value)
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """One flag per config field; every default is None so the TOML file can fill it."""
+    """--config and one flag per setting."""
     parser.add_argument("--config", help="TOML file whose keys are these flags in snake_case")
-    for f in fields(TrainConfig):
-        flag = "--" + f.name.replace("_", "-")
-        base = _base_type(f.name)
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        help_text = f.metadata.get("help", "")
-        if "default:" not in help_text:
-            help_text += f" (default: {_show(default)})"
-        if base is bool:
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, help=help_text)
-        else:
-            kind = str if base is list else base
-            parser.add_argument(flag, type=kind, help=help_text, metavar=f.name.upper())
-
-
-def _show(value: Any) -> str:
-    return ",".join(map(str, value)) if isinstance(value, list) else str(value)
+    add_flags(parser, SETTINGS)
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    overrides = {f.name: getattr(args, f.name) for f in fields(TrainConfig)}
-    return load_config(args.config, overrides)
+    return load_config(args.config, {key: getattr(args, key) for key in BY_KEY})
 
 
 def tie_plan(layers: list[int]) -> list[str]:

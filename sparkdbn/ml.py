@@ -1,10 +1,11 @@
 """pyspark.ml Estimators and Models over the sparkdbn engine: RBM, DBN and DBNClassifier.
 
 They behave like Spark's own stages, so they compose with `Pipeline`, `CrossValidator` and
-`ParamGridBuilder`: Params with getters and setters, `keyword_only` constructors, `fit`,
-`transform`, `save` and `load`. Fitting runs `sparkdbn.engine.training.train`; transforming
-runs the numpy forward pass in one `mapInArrow`. Both use DataFrame APIs only (no RDDs,
-broadcasts or SparkContext), so they also work over Spark Connect.
+`ParamGridBuilder`: Params with getters and setters (made from the settings schema),
+keyword-only constructors, `fit`, `transform`, `save` and `load`. Fitting runs
+`sparkdbn.engine.training.train`; transforming runs the numpy forward pass in one
+`mapInArrow`. Both use DataFrame APIs only (no RDDs, broadcasts or SparkContext), so they also
+work over Spark Connect.
 
 Features may be `array<float>`, `array<double>` or pyspark.ml Vectors, dense or sparse (sparse
 rows are densified one Arrow batch at a time). `layers` lists the *hidden* sizes only; the
@@ -19,9 +20,10 @@ Connect) the model files need a path that the client and the cluster share, e.g.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
+import inspect
 import io
-import math
 import tempfile
 import uuid
 from collections.abc import Callable, Iterator
@@ -30,7 +32,6 @@ from typing import Any, Generic, Self, TypeVar
 
 import numpy as np
 import pyarrow as pa
-from pyspark import keyword_only
 from pyspark.ml.base import Estimator, Model
 from pyspark.ml.classification import ClassificationModel, Classifier
 from pyspark.ml.functions import array_to_vector
@@ -39,6 +40,7 @@ from pyspark.ml.param import Param, Params, TypeConverters
 from pyspark.ml.param.shared import (
     HasCheckpointInterval,
     HasFeaturesCol,
+    HasLabelCol,
     HasMaxIter,
     HasOutputCol,
     HasProbabilityCol,
@@ -61,510 +63,219 @@ from pyspark.sql.utils import is_remote
 
 import sparkdbn.model as dbn_model
 from sparkdbn.columns import features_to_numpy
-from sparkdbn.config import (
-    CACHE_VERSIONS,
-    FINETUNE_EPOCHS,
-    REPRESENTATIONS,
-    ROUGH_VERSIONS,
-    SCHEDULES,
-    VISIBLE,
-    TrainConfig,
-)
+from sparkdbn.config import BY_KEY, SETTINGS, TrainConfig, check_relations
 from sparkdbn.engine.checkpoint import Checkpoint
 from sparkdbn.engine.filesystem import filesystem
 from sparkdbn.engine.training import TrainingResult, train
 from sparkdbn.errors import InputError
-from sparkdbn.kernels.averaging import CHOICES, LOCAL_MOMENTUM
-from sparkdbn.kernels.mlp import LR_SCHEDULES, class_scores
+from sparkdbn.kernels.mlp import class_scores
 from sparkdbn.outputs import metrics_dict
+from sparkdbn.settings import (
+    CLASSIFIER,
+    POSITIVE,
+    PRETRAIN,
+    STACK,
+    Rule,
+    Setting,
+    check,
+    stage_source,
+)
 
 __all__ = ["DBN", "RBM", "DBNClassificationModel", "DBNClassifier", "DBNModel", "RBMModel"]
 
 MODEL_DIR = "model"
-_DEFAULTS = TrainConfig()
 M = TypeVar("M", bound="_StackModel")
+P = TypeVar("P", bound=Params)
 
 
 # -- Params -------------------------------------------------------------------------------------
+#
+# The Params, getters, setters, defaults and keyword signatures are all made from the settings
+# schema (`sparkdbn.config.SETTINGS`, each setting's `param` and `group`), plus the few settings
+# a fit has and a job has not (below). pyspark's shared params (maxIter, seed, featuresCol, …)
+# keep their own Param, doc and getter; the schema gives them their default.
 
-
-def _param(name: str, doc: str, converter: Callable[[Any], Any]) -> Param:
-    return Param(Params._dummy(), name, doc, typeConverter=converter)
-
-
-class _PretrainParams(HasFeaturesCol, HasMaxIter, HasSeed, HasCheckpointInterval):
-    """CD-k pretraining settings shared by every estimator; maxIter is epochs per layer."""
-
-    visible: Param[str] = _param(
-        "visible", "visible units: bernoulli (data in [0, 1]) or gaussian (standardized data)",
-        TypeConverters.toString,
-    )
-    k: Param[int] = _param("k", "Gibbs steps of CD-k (> 0)", TypeConverters.toInt)
-    learningRate: Param[float] = _param(
-        "learningRate", "CD learning rate (> 0)", TypeConverters.toFloat
-    )
-    momentum: Param[float] = _param("momentum", "CD momentum in [0, 1)", TypeConverters.toFloat)
-    weightDecay: Param[float] = _param(
-        "weightDecay", "L2 weight decay of CD (>= 0)", TypeConverters.toFloat
-    )
-    batchSize: Param[int] = _param("batchSize", "mini-batch rows (> 0)", TypeConverters.toInt)
-    numPartitions: Param[int] = _param(
-        "numPartitions",
-        "repartition the training data into this many partitions (by id); unset: as given",
-        TypeConverters.toInt,
-    )
-    averaging: Param[str] = _param(
-        "averaging",
-        "how the partitions' models are combined, in pretraining and fine-tuning: auto (derived "
-        "from the partitions and their rows) | plain (the paper's average, once per epoch) | "
-        "block | nesterov (block momentum)",
-        TypeConverters.toString,
-    )
-    roundsPerEpoch: Param[int] = _param(
-        "roundsPerEpoch",
-        "averaging rounds per epoch (> 0); unset: derived (plain: 1)",
-        TypeConverters.toInt,
-    )
-    blockMomentum: Param[float] = _param(
-        "blockMomentum", "block momentum in [0, 1); unset: derived",
-        TypeConverters.toFloat,
-    )
-    blockLearningRate: Param[float] = _param(
-        "blockLearningRate", "block learning rate (> 0); unset: 1", TypeConverters.toFloat
-    )
-    localMomentum: Param[str] = _param(
-        "localMomentum",
-        "the partitions' momentum at each round: averaged | reset; unset: derived",
-        TypeConverters.toString,
-    )
-    localLrScale: Param[float] = _param(
-        "localLrScale", "factor on the partitions' learning rates (> 0); unset: derived",
-        TypeConverters.toFloat,
-    )
-    localBatchSize: Param[int] = _param(
-        "localBatchSize",
-        "the partitions' mini-batch rows (> 0); unset: derived (auto: smaller for small "
-        "partitions)",
-        TypeConverters.toInt,
-    )
-    lrWarmupEpochs: Param[float] = _param(
-        "lrWarmupEpochs", "epochs to reach localLrScale from 1 (>= 0); unset: derived",
-        TypeConverters.toFloat,
-    )
-    checkpointDir: Param[str] = _param(
-        "checkpointDir",
+_LAYERS = BY_KEY["layers"].default
+_SIZES = Rule("be a non-empty list of positive sizes", lambda v: len(v) > 0 and min(v) > 0)
+_RBM = "rbm"
+_FIT_SETTINGS = (
+    Setting(None, int, _LAYERS[-1], "hidden units", POSITIVE, param="numHidden", group=_RBM),
+    Setting(
+        None, list, _LAYERS[1:],
+        "hidden layer sizes, bottom first; the visible size is the features' width",
+        _SIZES, param="layers", group=STACK,
+    ),
+    Setting(
+        None, str, None,
         "a directory on the driver's file system for the fit's checkpoint, saved every "
         "checkpointInterval epochs: a fit that fails or is killed continues from it when fitted "
         "again with the same params and data; removed when the fit succeeds. Unset: none",
-        TypeConverters.toString,
-    )
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._setDefault(
-            visible=_DEFAULTS.visible, k=_DEFAULTS.k, learningRate=_DEFAULTS.learning_rate,
-            momentum=_DEFAULTS.momentum, weightDecay=_DEFAULTS.weight_decay,
-            batchSize=_DEFAULTS.batch_size, maxIter=_DEFAULTS.epochs, seed=_DEFAULTS.seed,
-            averaging=_DEFAULTS.averaging, checkpointInterval=_DEFAULTS.checkpoint_every,
-        )
-
-    def getVisible(self) -> str:
-        return self.getOrDefault(self.visible)
-
-    def getK(self) -> int:
-        return self.getOrDefault(self.k)
-
-    def getLearningRate(self) -> float:
-        return self.getOrDefault(self.learningRate)
-
-    def getMomentum(self) -> float:
-        return self.getOrDefault(self.momentum)
-
-    def getWeightDecay(self) -> float:
-        return self.getOrDefault(self.weightDecay)
-
-    def getBatchSize(self) -> int:
-        return self.getOrDefault(self.batchSize)
-
-    def getNumPartitions(self) -> int | None:
-        return self.getOrDefault(self.numPartitions) if self.isDefined(self.numPartitions) else None
-
-    def getAveraging(self) -> str:
-        return self.getOrDefault(self.averaging)
-
-    def getRoundsPerEpoch(self) -> int | None:
-        return self._optional(self.roundsPerEpoch)
-
-    def getBlockMomentum(self) -> float | None:
-        return self._optional(self.blockMomentum)
-
-    def getBlockLearningRate(self) -> float | None:
-        return self._optional(self.blockLearningRate)
-
-    def getLocalMomentum(self) -> str | None:
-        return self._optional(self.localMomentum)
-
-    def getLocalLrScale(self) -> float | None:
-        return self._optional(self.localLrScale)
-
-    def getLocalBatchSize(self) -> int | None:
-        return self._optional(self.localBatchSize)
-
-    def getLrWarmupEpochs(self) -> float | None:
-        return self._optional(self.lrWarmupEpochs)
-
-    def getCheckpointDir(self) -> str | None:
-        return self._optional(self.checkpointDir)
-
-    def _optional(self, param: Param) -> Any:
-        return self.getOrDefault(param) if self.isDefined(param) else None
-
-
-class _RBMParams(_PretrainParams, HasOutputCol):
-    numHidden: Param[int] = _param("numHidden", "hidden units (> 0)", TypeConverters.toInt)
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._setDefault(outputCol="hidden", numHidden=_DEFAULTS.layers[-1])
-
-    def getNumHidden(self) -> int:
-        return self.getOrDefault(self.numHidden)
-
-
-class _StackParams(_PretrainParams):
-    """A stack of RBMs and ParDBN's layer schedule (see `sparkdbn.engine.schedules`)."""
-
-    layers: Param[list[int]] = _param(
-        "layers",
-        "hidden layer sizes, bottom first; the visible size is the features' width",
-        TypeConverters.toListInt,
-    )
-    schedule: Param[str] = _param(
-        "schedule",
-        "layer schedule: sequential|pipelined|tied (tied needs each layer's shape to equal, or "
-        "be the transpose of, the one below, counting the visible width: e.g. 784 with [500, 784])",
-        TypeConverters.toString,
-    )
-    startAfter: Param[int] = _param(
-        "startAfter", "epochs before a layer publishes its first rough version (> 0)",
-        TypeConverters.toInt,
-    )
-    publishEvery: Param[int] = _param(
-        "publishEvery", "epochs between a layer's rough versions (> 0)", TypeConverters.toInt
-    )
-    finalEpochs: Param[int] = _param(
-        "finalEpochs",
-        "epochs an upper layer trains on the final version of its input (> 0, <= maxIter)",
-        TypeConverters.toInt,
-    )
-    representation: Param[str] = _param(
-        "representation", "what upper layers train on: probabilities|sample",
-        TypeConverters.toString,
-    )
-    roughVersions: Param[str] = _param(
-        "roughVersions",
-        "how rough versions are made: in_epoch (the epoch's own positive phase, no extra "
-        "pass) | after_epoch (a pass with the epoch's averaged weights)",
-        TypeConverters.toString,
-    )
-    cacheVersions: Param[str] = _param(
-        "cacheVersions",
-        "keep the versions an upper layer loads in Spark's cache: auto (unless the store is on "
-        "the local disk of a classic application, where rereading costs no more) | always | "
-        "never",
-        TypeConverters.toString,
-    )
-    keepVersions: Param[int] = _param(
-        "keepVersions", "versions the store keeps per layer, besides leased and final ones (> 0)",
-        TypeConverters.toInt,
-    )
-    storePath: Param[str] = _param(
-        "storePath",
+        param="checkpointDir", group=PRETRAIN,
+    ),
+    Setting(
+        None, str, None,
         "directory for the rough representations of the pipelined and tied schedules (any "
         "Hadoop file system; under Spark Connect a path the client and the cluster share); "
         "each fit writes a new subdirectory and keeps it; unset: a temporary directory, removed "
         "after the fit",
-        TypeConverters.toString,
-    )
+        param="storePath", group=STACK,
+    ),
+)
+PARAM_SETTINGS: tuple[Setting, ...] = tuple(
+    s for s in (*SETTINGS, *_FIT_SETTINGS) if s.param is not None
+)
+CONVERTERS: dict[type, Callable[[Any], Any]] = {
+    bool: TypeConverters.toBoolean, int: TypeConverters.toInt, float: TypeConverters.toFloat,
+    str: TypeConverters.toString, list: TypeConverters.toListInt,
+}
+OUTPUT_COL = "hidden"
+
+
+def _group(group: str) -> tuple[Setting, ...]:
+    return tuple(s for s in PARAM_SETTINGS if s.group == group)
+
+
+def _defaults(group: str) -> dict[str, Any]:
+    return {s.param: s.ml_default for s in _group(group) if s.ml_default is not None}
+
+
+def _getter(name: str) -> Callable[[Params], Any]:
+    def get(self: Params) -> Any:
+        return self.getOrDefault(name) if self.isDefined(name) else None
+
+    return get
+
+
+def _setter(name: str) -> Callable[[Params, Any], Any]:
+    def set_(self: Params, value: Any) -> Any:
+        return self._set(**{name: value})
+
+    return set_
+
+
+def _declare(group: str) -> Callable[[type[P]], type[P]]:
+    """A Params mixin gets the group's settings as Params, each with its getter (None while
+    unset); `_settings` lists every setting the class has, its bases' included."""
+
+    def decorate(cls: type[P]) -> type[P]:
+        settings = _group(group)
+        for s in settings:
+            name = str(s.param)
+            if not hasattr(cls, name):
+                doc, converter = s.describe(s.ml_rule), CONVERTERS[s.kind]
+                setattr(cls, name, Param(Params._dummy(), name, doc, typeConverter=converter))
+            if not hasattr(cls, f"get{s.title}"):
+                setattr(cls, f"get{s.title}", _getter(name))
+        cls._settings = (*getattr(cls, "_settings", ()), *settings)
+        return cls
+
+    return decorate
+
+
+def _keyword_only(func: Callable[..., Any], signature: inspect.Signature) -> Callable[..., Any]:
+    """pyspark's keyword_only, with the stage's own signature: unknown keywords are a
+    TypeError, and `help` and `inspect` show every param with its default."""
+
+    @functools.wraps(func)
+    def wrapper(self: Params, *args: Any, **kwargs: Any) -> Any:
+        signature.bind(self, *args, **kwargs)
+        self._input_kwargs = kwargs
+        return func(self, **kwargs)
+
+    wrapper.__signature__ = signature  # type: ignore[attr-defined]
+    return wrapper
+
+
+def _estimator(**columns: Any) -> Callable[[type[P]], type[P]]:
+    """An estimator gets `__init__` and `setParams` taking `columns` and every setting it has
+    as keywords, at their defaults, and a setter per param (pyspark's own setters stay)."""
+
+    def decorate(cls: type[P]) -> type[P]:
+        keywords = {**columns, **{str(s.param): s.ml_default for s in cls._settings}}
+        signature = inspect.Signature([
+            inspect.Parameter("self", inspect.Parameter.POSITIONAL_ONLY),
+            *(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default)
+              for name, default in keywords.items()),
+        ])
+
+        def __init__(self: Params, **kwargs: Any) -> None:
+            super(cls, self).__init__()
+            self._set(**kwargs)
+
+        def setParams(self: Params, **kwargs: Any) -> Params:
+            return self._set(**kwargs)
+
+        cls.__init__ = _keyword_only(__init__, signature)
+        cls.setParams = _keyword_only(setParams, signature)
+        for name in keywords:
+            setter = f"set{name[0].upper()}{name[1:]}"
+            if not hasattr(cls, setter):
+                setattr(cls, setter, _setter(name))
+        return cls
+
+    return decorate
+
+
+@_declare(PRETRAIN)
+class _PretrainParams(HasFeaturesCol, HasMaxIter, HasSeed, HasCheckpointInterval):
+    """CD-k pretraining settings shared by every estimator; maxIter is epochs per layer."""
+
+    _settings: tuple[Setting, ...]
 
     def __init__(self) -> None:
         super().__init__()
-        self._setDefault(
-            layers=_DEFAULTS.layers[1:], schedule=_DEFAULTS.schedule,
-            startAfter=_DEFAULTS.start_after, publishEvery=_DEFAULTS.publish_every,
-            finalEpochs=_DEFAULTS.final_epochs, representation=_DEFAULTS.representation,
-            roughVersions=_DEFAULTS.rough_versions, cacheVersions=_DEFAULTS.cache_versions,
-            keepVersions=_DEFAULTS.keep_versions,
-        )
+        self._setDefault(**_defaults(PRETRAIN))
 
-    def getLayers(self) -> list[int]:
-        return self.getOrDefault(self.layers)
 
-    def getSchedule(self) -> str:
-        return self.getOrDefault(self.schedule)
+@_declare(_RBM)
+class _RBMParams(_PretrainParams, HasOutputCol):
+    def __init__(self) -> None:
+        super().__init__()
+        self._setDefault(outputCol=OUTPUT_COL, **_defaults(_RBM))
 
-    def getStartAfter(self) -> int:
-        return self.getOrDefault(self.startAfter)
 
-    def getPublishEvery(self) -> int:
-        return self.getOrDefault(self.publishEvery)
+@_declare(STACK)
+class _StackParams(_PretrainParams):
+    """A stack of RBMs and ParDBN's layer schedule (see `sparkdbn.engine.schedules`)."""
 
-    def getFinalEpochs(self) -> int:
-        return self.getOrDefault(self.finalEpochs)
-
-    def getRepresentation(self) -> str:
-        return self.getOrDefault(self.representation)
-
-    def getRoughVersions(self) -> str:
-        return self.getOrDefault(self.roughVersions)
-
-    def getCacheVersions(self) -> str:
-        return self.getOrDefault(self.cacheVersions)
-
-    def getKeepVersions(self) -> int:
-        return self.getOrDefault(self.keepVersions)
-
-    def getStorePath(self) -> str | None:
-        return self.getOrDefault(self.storePath) if self.isDefined(self.storePath) else None
+    def __init__(self) -> None:
+        super().__init__()
+        self._setDefault(**_defaults(STACK))
 
 
 class _DBNParams(_StackParams, HasOutputCol):
     def __init__(self) -> None:
         super().__init__()
-        self._setDefault(outputCol="hidden")
+        self._setDefault(outputCol=OUTPUT_COL)
 
 
-class _DBNClassifierParams(_StackParams, HasProbabilityCol):
+@_declare(CLASSIFIER)
+class _DBNClassifierParams(HasLabelCol, _StackParams, HasProbabilityCol):
     """Backprop fine-tuning of the unrolled stack with a softmax layer on top."""
-
-    finetuneEpochs: Param[int] = _param(
-        "finetuneEpochs", "backprop fine-tuning epochs (> 0)", TypeConverters.toInt
-    )
-    finetuneLearningRate: Param[float] = _param(
-        "finetuneLearningRate", "fine-tuning SGD rate (> 0)", TypeConverters.toFloat
-    )
-    finetuneMomentum: Param[float] = _param(
-        "finetuneMomentum", "fine-tuning momentum in [0, 1)", TypeConverters.toFloat
-    )
-    finetuneWeightDecay: Param[float] = _param(
-        "finetuneWeightDecay", "fine-tuning L2 weight decay (>= 0)", TypeConverters.toFloat
-    )
-    finetuneBatchSize: Param[int] = _param(
-        "finetuneBatchSize", "fine-tuning mini-batch rows (> 0)", TypeConverters.toInt
-    )
-    finetuneLrDecay: Param[float] = _param(
-        "finetuneLrDecay", "fine-tuning learning rate factor per epoch (> 0), exponential schedule",
-        TypeConverters.toFloat,
-    )
-    finetuneLrSchedule: Param[str] = _param(
-        "finetuneLrSchedule", "fine-tuning learning rate schedule: exponential|cosine",
-        TypeConverters.toString,
-    )
 
     def __init__(self) -> None:
         super().__init__()
-        self._setDefault(
-            finetuneEpochs=FINETUNE_EPOCHS, finetuneLearningRate=_DEFAULTS.finetune_learning_rate,
-            finetuneMomentum=_DEFAULTS.finetune_momentum,
-            finetuneWeightDecay=_DEFAULTS.finetune_weight_decay,
-            finetuneBatchSize=_DEFAULTS.finetune_batch_size,
-            finetuneLrDecay=_DEFAULTS.finetune_lr_decay,
-            finetuneLrSchedule=_DEFAULTS.finetune_lr_schedule,
-        )
-
-    def getFinetuneEpochs(self) -> int:
-        return self.getOrDefault(self.finetuneEpochs)
-
-    def getFinetuneLearningRate(self) -> float:
-        return self.getOrDefault(self.finetuneLearningRate)
-
-    def getFinetuneMomentum(self) -> float:
-        return self.getOrDefault(self.finetuneMomentum)
-
-    def getFinetuneWeightDecay(self) -> float:
-        return self.getOrDefault(self.finetuneWeightDecay)
-
-    def getFinetuneBatchSize(self) -> int:
-        return self.getOrDefault(self.finetuneBatchSize)
-
-    def getFinetuneLrDecay(self) -> float:
-        return self.getOrDefault(self.finetuneLrDecay)
-
-    def getFinetuneLrSchedule(self) -> str:
-        return self.getOrDefault(self.finetuneLrSchedule)
-
-
-class _PretrainSetters(Params):
-    """Setters of the training params, for the estimators; a fitted model's stay as trained."""
-
-    def setFeaturesCol(self, value: str) -> Self:
-        return self._set(featuresCol=value)
-
-    def setVisible(self, value: str) -> Self:
-        return self._set(visible=value)
-
-    def setK(self, value: int) -> Self:
-        return self._set(k=value)
-
-    def setLearningRate(self, value: float) -> Self:
-        return self._set(learningRate=value)
-
-    def setMomentum(self, value: float) -> Self:
-        return self._set(momentum=value)
-
-    def setWeightDecay(self, value: float) -> Self:
-        return self._set(weightDecay=value)
-
-    def setBatchSize(self, value: int) -> Self:
-        return self._set(batchSize=value)
-
-    def setMaxIter(self, value: int) -> Self:
-        return self._set(maxIter=value)
-
-    def setSeed(self, value: int) -> Self:
-        return self._set(seed=value)
-
-    def setNumPartitions(self, value: int) -> Self:
-        return self._set(numPartitions=value)
-
-    def setAveraging(self, value: str) -> Self:
-        return self._set(averaging=value)
-
-    def setRoundsPerEpoch(self, value: int) -> Self:
-        return self._set(roundsPerEpoch=value)
-
-    def setBlockMomentum(self, value: float) -> Self:
-        return self._set(blockMomentum=value)
-
-    def setBlockLearningRate(self, value: float) -> Self:
-        return self._set(blockLearningRate=value)
-
-    def setLocalMomentum(self, value: str) -> Self:
-        return self._set(localMomentum=value)
-
-    def setLocalLrScale(self, value: float) -> Self:
-        return self._set(localLrScale=value)
-
-    def setLocalBatchSize(self, value: int) -> Self:
-        return self._set(localBatchSize=value)
-
-    def setLrWarmupEpochs(self, value: float) -> Self:
-        return self._set(lrWarmupEpochs=value)
-
-    def setCheckpointDir(self, value: str) -> Self:
-        return self._set(checkpointDir=value)
-
-    def setCheckpointInterval(self, value: int) -> Self:
-        return self._set(checkpointInterval=value)
-
-
-class _StackSetters(_PretrainSetters):
-    def setLayers(self, value: list[int]) -> Self:
-        return self._set(layers=value)
-
-    def setSchedule(self, value: str) -> Self:
-        return self._set(schedule=value)
-
-    def setStartAfter(self, value: int) -> Self:
-        return self._set(startAfter=value)
-
-    def setPublishEvery(self, value: int) -> Self:
-        return self._set(publishEvery=value)
-
-    def setFinalEpochs(self, value: int) -> Self:
-        return self._set(finalEpochs=value)
-
-    def setRepresentation(self, value: str) -> Self:
-        return self._set(representation=value)
-
-    def setRoughVersions(self, value: str) -> Self:
-        return self._set(roughVersions=value)
-
-    def setCacheVersions(self, value: str) -> Self:
-        return self._set(cacheVersions=value)
-
-    def setKeepVersions(self, value: int) -> Self:
-        return self._set(keepVersions=value)
-
-    def setStorePath(self, value: str) -> Self:
-        return self._set(storePath=value)
+        self._setDefault(**_defaults(CLASSIFIER))
 
 
 # -- fitting ------------------------------------------------------------------------------------
 
-# Param name → TrainConfig field, for the params an estimator has.
-_CONFIG_FIELDS = {
-    "featuresCol": "features_col", "labelCol": "label_col", "visible": "visible", "k": "k",
-    "learningRate": "learning_rate", "momentum": "momentum", "weightDecay": "weight_decay",
-    "batchSize": "batch_size", "maxIter": "epochs", "seed": "seed",
-    "numPartitions": "partitions", "averaging": "averaging",
-    "roundsPerEpoch": "rounds_per_epoch", "blockMomentum": "block_momentum",
-    "blockLearningRate": "block_learning_rate", "localMomentum": "local_momentum",
-    "localLrScale": "local_lr_scale", "lrWarmupEpochs": "lr_warmup_epochs",
-    "localBatchSize": "local_batch_size", "checkpointInterval": "checkpoint_every",
-    "schedule": "schedule", "startAfter": "start_after",
-    "publishEvery": "publish_every", "finalEpochs": "final_epochs",
-    "representation": "representation", "roughVersions": "rough_versions",
-    "cacheVersions": "cache_versions", "keepVersions": "keep_versions",
-    "finetuneEpochs": "finetune_epochs",
-    "finetuneLearningRate": "finetune_learning_rate", "finetuneMomentum": "finetune_momentum",
-    "finetuneWeightDecay": "finetune_weight_decay", "finetuneBatchSize": "finetune_batch_size",
-    "finetuneLrDecay": "finetune_lr_decay", "finetuneLrSchedule": "finetune_lr_schedule",
-}
 
-_Rule = tuple[Callable[[Any], bool], str]
-_POSITIVE: _Rule = (lambda v: v > 0, "> 0")
-_FRACTION: _Rule = (lambda v: 0 <= v < 1, "in [0, 1)")
-_NON_NEGATIVE: _Rule = (lambda v: v >= 0, ">= 0")
-
-
-def _one_of(choices: tuple[str, ...]) -> _Rule:
-    return (lambda v: v in choices, f"one of {'|'.join(choices)}")
-
-
-_RULES: dict[str, _Rule] = {
-    **dict.fromkeys(
-        ("numHidden", "k", "learningRate", "batchSize", "maxIter", "numPartitions", "startAfter",
-         "publishEvery", "finalEpochs", "keepVersions", "finetuneEpochs", "finetuneLearningRate",
-         "finetuneBatchSize", "finetuneLrDecay", "roundsPerEpoch", "blockLearningRate",
-         "localLrScale", "localBatchSize", "checkpointInterval"),
-        _POSITIVE,
-    ),
-    **dict.fromkeys(("momentum", "finetuneMomentum", "blockMomentum"), _FRACTION),
-    **dict.fromkeys(("weightDecay", "finetuneWeightDecay", "seed", "lrWarmupEpochs"),
-                    _NON_NEGATIVE),
-    "layers": (lambda v: len(v) > 0 and min(v) > 0, "a non-empty list of positive sizes"),
-    "visible": _one_of(VISIBLE),
-    "schedule": _one_of(SCHEDULES),
-    "representation": _one_of(REPRESENTATIONS),
-    "roughVersions": _one_of(ROUGH_VERSIONS),
-    "cacheVersions": _one_of(CACHE_VERSIONS),
-    "finetuneLrSchedule": _one_of(LR_SCHEDULES),
-    "averaging": _one_of(CHOICES),
-    "localMomentum": _one_of(LOCAL_MOMENTUM),
-}
+def _values(stage: Params) -> list[tuple[Setting, Any]]:
+    """Every setting the stage has, with its value (None while unset)."""
+    return [(s, _getter(str(s.param))(stage)) for s in type(stage)._settings]
 
 
 def _check_params(stage: Params) -> None:
-    """Every param against its range, so a bad value fails the fit naming the param."""
-    where = type(stage).__name__
-    for param in stage.params:
-        rule = _RULES.get(param.name)
-        value = stage.getOrDefault(param) if stage.isDefined(param) else None
-        if isinstance(value, float) and not math.isfinite(value):
-            raise InputError(f"{where} param {param.name} must be a finite number, got {value!r}")
-        if rule is not None and value is not None and not rule[0](value):
-            raise InputError(f"{where} param {param.name} must be {rule[1]}, got {value!r}")
-    if (
-        stage.hasParam("schedule")
-        and stage.getOrDefault("schedule") != "sequential"
-        and stage.getOrDefault("finalEpochs") > stage.getOrDefault("maxIter")
-    ):
-        raise InputError(
-            f"{where} param finalEpochs must not exceed maxIter "
-            f"({stage.getOrDefault('maxIter')}) under schedule {stage.getOrDefault('schedule')}, "
-            f"got {stage.getOrDefault('finalEpochs')}"
-        )
+    """Every param against its setting's rule, and the rules between them, before any Spark
+    work, so that a bad value fails the fit naming the param."""
+    source = stage_source(type(stage).__name__)
+    values = {str(s.key): s.default for s in SETTINGS}
+    for s, value in _values(stage):
+        check(s, value, source)
+        if s.key is not None:
+            values[s.key] = value
+    check_relations(values, source)
 
 
 def _feature_width(dataset: DataFrame, column: str) -> int:
@@ -609,12 +320,9 @@ def _store(spark: SparkSession, base: str | None, uid: str) -> Iterator[str]:
 
 def _config(stage: Params, width: int, hidden: list[int]) -> TrainConfig:
     """The engine's config of a fit: the stage's params on a `width`-wide input."""
-    settings = {
-        name: stage.getOrDefault(param)
-        for param, name in _CONFIG_FIELDS.items()
-        if stage.hasParam(param) and stage.isDefined(param)
-    }
-    return TrainConfig(layers=[width, *hidden], **settings).validate()
+    settings = {s.key: value for s, value in _values(stage) if s.key is not None}
+    source = stage_source(type(stage).__name__)
+    return TrainConfig(layers=[width, *hidden], **settings).validate(source)
 
 
 def _train(stage: Params, dataset: DataFrame, hidden: list[int], label: bool) -> TrainingResult:
@@ -853,79 +561,14 @@ class _HiddenModel(_StackModel, HasFeaturesCol, HasOutputCol):
 # -- RBM ----------------------------------------------------------------------------------------
 
 
+@_estimator(outputCol=OUTPUT_COL)
 class RBM(
     Estimator["RBMModel"],
     _RBMParams,
-    _PretrainSetters,
     DefaultParamsWritable,
     DefaultParamsReadable["RBM"],
 ):
     """One Restricted Boltzmann Machine trained by data-parallel CD-k (one epoch = one stage)."""
-
-    @keyword_only
-    def __init__(
-        self,
-        *,
-        featuresCol: str = "features",
-        outputCol: str = "hidden",
-        numHidden: int = _DEFAULTS.layers[-1],
-        visible: str = _DEFAULTS.visible,
-        k: int = _DEFAULTS.k,
-        learningRate: float = _DEFAULTS.learning_rate,
-        momentum: float = _DEFAULTS.momentum,
-        weightDecay: float = _DEFAULTS.weight_decay,
-        batchSize: int = _DEFAULTS.batch_size,
-        maxIter: int = _DEFAULTS.epochs,
-        seed: int = _DEFAULTS.seed,
-        numPartitions: int | None = None,
-        averaging: str = _DEFAULTS.averaging,
-        roundsPerEpoch: int | None = None,
-        blockMomentum: float | None = None,
-        blockLearningRate: float | None = None,
-        localMomentum: str | None = None,
-        localLrScale: float | None = None,
-        lrWarmupEpochs: float | None = None,
-        localBatchSize: int | None = None,
-        checkpointDir: str | None = None,
-        checkpointInterval: int = _DEFAULTS.checkpoint_every,
-    ) -> None:
-        super().__init__()
-        self._set(**self._input_kwargs)
-
-    @keyword_only
-    def setParams(
-        self,
-        *,
-        featuresCol: str = "features",
-        outputCol: str = "hidden",
-        numHidden: int = _DEFAULTS.layers[-1],
-        visible: str = _DEFAULTS.visible,
-        k: int = _DEFAULTS.k,
-        learningRate: float = _DEFAULTS.learning_rate,
-        momentum: float = _DEFAULTS.momentum,
-        weightDecay: float = _DEFAULTS.weight_decay,
-        batchSize: int = _DEFAULTS.batch_size,
-        maxIter: int = _DEFAULTS.epochs,
-        seed: int = _DEFAULTS.seed,
-        numPartitions: int | None = None,
-        averaging: str = _DEFAULTS.averaging,
-        roundsPerEpoch: int | None = None,
-        blockMomentum: float | None = None,
-        blockLearningRate: float | None = None,
-        localMomentum: str | None = None,
-        localLrScale: float | None = None,
-        lrWarmupEpochs: float | None = None,
-        localBatchSize: int | None = None,
-        checkpointDir: str | None = None,
-        checkpointInterval: int = _DEFAULTS.checkpoint_every,
-    ) -> RBM:
-        return self._set(**self._input_kwargs)
-
-    def setOutputCol(self, value: str) -> RBM:
-        return self._set(outputCol=value)
-
-    def setNumHidden(self, value: int) -> RBM:
-        return self._set(numHidden=value)
 
     def _fit(self, dataset: DataFrame) -> RBMModel:
         result = _train(self, dataset, [self.getNumHidden()], label=False)
@@ -941,94 +584,14 @@ class RBMModel(_HiddenModel, _RBMParams):
 # -- DBN ----------------------------------------------------------------------------------------
 
 
+@_estimator(outputCol=OUTPUT_COL)
 class DBN(
     Estimator["DBNModel"],
     _DBNParams,
-    _StackSetters,
     DefaultParamsWritable,
     DefaultParamsReadable["DBN"],
 ):
     """A Deep Belief Network pretrained layer by layer under a ParDBN schedule (no labels)."""
-
-    @keyword_only
-    def __init__(
-        self,
-        *,
-        featuresCol: str = "features",
-        outputCol: str = "hidden",
-        layers: list[int] = _DEFAULTS.layers[1:],
-        visible: str = _DEFAULTS.visible,
-        k: int = _DEFAULTS.k,
-        learningRate: float = _DEFAULTS.learning_rate,
-        momentum: float = _DEFAULTS.momentum,
-        weightDecay: float = _DEFAULTS.weight_decay,
-        batchSize: int = _DEFAULTS.batch_size,
-        maxIter: int = _DEFAULTS.epochs,
-        seed: int = _DEFAULTS.seed,
-        numPartitions: int | None = None,
-        averaging: str = _DEFAULTS.averaging,
-        roundsPerEpoch: int | None = None,
-        blockMomentum: float | None = None,
-        blockLearningRate: float | None = None,
-        localMomentum: str | None = None,
-        localLrScale: float | None = None,
-        lrWarmupEpochs: float | None = None,
-        localBatchSize: int | None = None,
-        checkpointDir: str | None = None,
-        checkpointInterval: int = _DEFAULTS.checkpoint_every,
-        schedule: str = _DEFAULTS.schedule,
-        startAfter: int = _DEFAULTS.start_after,
-        publishEvery: int = _DEFAULTS.publish_every,
-        finalEpochs: int = _DEFAULTS.final_epochs,
-        representation: str = _DEFAULTS.representation,
-        roughVersions: str = _DEFAULTS.rough_versions,
-        cacheVersions: str = _DEFAULTS.cache_versions,
-        keepVersions: int = _DEFAULTS.keep_versions,
-        storePath: str | None = None,
-    ) -> None:
-        super().__init__()
-        self._set(**self._input_kwargs)
-
-    @keyword_only
-    def setParams(
-        self,
-        *,
-        featuresCol: str = "features",
-        outputCol: str = "hidden",
-        layers: list[int] = _DEFAULTS.layers[1:],
-        visible: str = _DEFAULTS.visible,
-        k: int = _DEFAULTS.k,
-        learningRate: float = _DEFAULTS.learning_rate,
-        momentum: float = _DEFAULTS.momentum,
-        weightDecay: float = _DEFAULTS.weight_decay,
-        batchSize: int = _DEFAULTS.batch_size,
-        maxIter: int = _DEFAULTS.epochs,
-        seed: int = _DEFAULTS.seed,
-        numPartitions: int | None = None,
-        averaging: str = _DEFAULTS.averaging,
-        roundsPerEpoch: int | None = None,
-        blockMomentum: float | None = None,
-        blockLearningRate: float | None = None,
-        localMomentum: str | None = None,
-        localLrScale: float | None = None,
-        lrWarmupEpochs: float | None = None,
-        localBatchSize: int | None = None,
-        checkpointDir: str | None = None,
-        checkpointInterval: int = _DEFAULTS.checkpoint_every,
-        schedule: str = _DEFAULTS.schedule,
-        startAfter: int = _DEFAULTS.start_after,
-        publishEvery: int = _DEFAULTS.publish_every,
-        finalEpochs: int = _DEFAULTS.final_epochs,
-        representation: str = _DEFAULTS.representation,
-        roughVersions: str = _DEFAULTS.rough_versions,
-        cacheVersions: str = _DEFAULTS.cache_versions,
-        keepVersions: int = _DEFAULTS.keep_versions,
-        storePath: str | None = None,
-    ) -> DBN:
-        return self._set(**self._input_kwargs)
-
-    def setOutputCol(self, value: str) -> DBN:
-        return self._set(outputCol=value)
 
     def _fit(self, dataset: DataFrame) -> DBNModel:
         result = _train(self, dataset, self.getLayers(), label=False)
@@ -1044,10 +607,12 @@ class DBNModel(_HiddenModel, _DBNParams):
 # -- DBNClassifier ------------------------------------------------------------------------------
 
 
+@_estimator(
+    predictionCol="prediction", probabilityCol="probability", rawPredictionCol="rawPrediction"
+)
 class DBNClassifier(
     Classifier["DBNClassificationModel"],
     _DBNClassifierParams,
-    _StackSetters,
     DefaultParamsWritable,
     DefaultParamsReadable["DBNClassifier"],
 ):
@@ -1056,127 +621,6 @@ class DBNClassifier(
     The label column may be integer or whole-valued double (as StringIndexer makes); the
     number of classes is the largest training label + 1.
     """
-
-    @keyword_only
-    def __init__(
-        self,
-        *,
-        featuresCol: str = "features",
-        labelCol: str = "label",
-        predictionCol: str = "prediction",
-        probabilityCol: str = "probability",
-        rawPredictionCol: str = "rawPrediction",
-        layers: list[int] = _DEFAULTS.layers[1:],
-        visible: str = _DEFAULTS.visible,
-        k: int = _DEFAULTS.k,
-        learningRate: float = _DEFAULTS.learning_rate,
-        momentum: float = _DEFAULTS.momentum,
-        weightDecay: float = _DEFAULTS.weight_decay,
-        batchSize: int = _DEFAULTS.batch_size,
-        maxIter: int = _DEFAULTS.epochs,
-        seed: int = _DEFAULTS.seed,
-        numPartitions: int | None = None,
-        averaging: str = _DEFAULTS.averaging,
-        roundsPerEpoch: int | None = None,
-        blockMomentum: float | None = None,
-        blockLearningRate: float | None = None,
-        localMomentum: str | None = None,
-        localLrScale: float | None = None,
-        lrWarmupEpochs: float | None = None,
-        localBatchSize: int | None = None,
-        checkpointDir: str | None = None,
-        checkpointInterval: int = _DEFAULTS.checkpoint_every,
-        schedule: str = _DEFAULTS.schedule,
-        startAfter: int = _DEFAULTS.start_after,
-        publishEvery: int = _DEFAULTS.publish_every,
-        finalEpochs: int = _DEFAULTS.final_epochs,
-        representation: str = _DEFAULTS.representation,
-        roughVersions: str = _DEFAULTS.rough_versions,
-        cacheVersions: str = _DEFAULTS.cache_versions,
-        keepVersions: int = _DEFAULTS.keep_versions,
-        storePath: str | None = None,
-        finetuneEpochs: int = FINETUNE_EPOCHS,
-        finetuneLearningRate: float = _DEFAULTS.finetune_learning_rate,
-        finetuneMomentum: float = _DEFAULTS.finetune_momentum,
-        finetuneWeightDecay: float = _DEFAULTS.finetune_weight_decay,
-        finetuneBatchSize: int = _DEFAULTS.finetune_batch_size,
-        finetuneLrDecay: float = _DEFAULTS.finetune_lr_decay,
-        finetuneLrSchedule: str = _DEFAULTS.finetune_lr_schedule,
-    ) -> None:
-        super().__init__()
-        self._set(**self._input_kwargs)
-
-    @keyword_only
-    def setParams(
-        self,
-        *,
-        featuresCol: str = "features",
-        labelCol: str = "label",
-        predictionCol: str = "prediction",
-        probabilityCol: str = "probability",
-        rawPredictionCol: str = "rawPrediction",
-        layers: list[int] = _DEFAULTS.layers[1:],
-        visible: str = _DEFAULTS.visible,
-        k: int = _DEFAULTS.k,
-        learningRate: float = _DEFAULTS.learning_rate,
-        momentum: float = _DEFAULTS.momentum,
-        weightDecay: float = _DEFAULTS.weight_decay,
-        batchSize: int = _DEFAULTS.batch_size,
-        maxIter: int = _DEFAULTS.epochs,
-        seed: int = _DEFAULTS.seed,
-        numPartitions: int | None = None,
-        averaging: str = _DEFAULTS.averaging,
-        roundsPerEpoch: int | None = None,
-        blockMomentum: float | None = None,
-        blockLearningRate: float | None = None,
-        localMomentum: str | None = None,
-        localLrScale: float | None = None,
-        lrWarmupEpochs: float | None = None,
-        localBatchSize: int | None = None,
-        checkpointDir: str | None = None,
-        checkpointInterval: int = _DEFAULTS.checkpoint_every,
-        schedule: str = _DEFAULTS.schedule,
-        startAfter: int = _DEFAULTS.start_after,
-        publishEvery: int = _DEFAULTS.publish_every,
-        finalEpochs: int = _DEFAULTS.final_epochs,
-        representation: str = _DEFAULTS.representation,
-        roughVersions: str = _DEFAULTS.rough_versions,
-        cacheVersions: str = _DEFAULTS.cache_versions,
-        keepVersions: int = _DEFAULTS.keep_versions,
-        storePath: str | None = None,
-        finetuneEpochs: int = FINETUNE_EPOCHS,
-        finetuneLearningRate: float = _DEFAULTS.finetune_learning_rate,
-        finetuneMomentum: float = _DEFAULTS.finetune_momentum,
-        finetuneWeightDecay: float = _DEFAULTS.finetune_weight_decay,
-        finetuneBatchSize: int = _DEFAULTS.finetune_batch_size,
-        finetuneLrDecay: float = _DEFAULTS.finetune_lr_decay,
-        finetuneLrSchedule: str = _DEFAULTS.finetune_lr_schedule,
-    ) -> DBNClassifier:
-        return self._set(**self._input_kwargs)
-
-    def setProbabilityCol(self, value: str) -> DBNClassifier:
-        return self._set(probabilityCol=value)
-
-    def setFinetuneEpochs(self, value: int) -> DBNClassifier:
-        return self._set(finetuneEpochs=value)
-
-    def setFinetuneLearningRate(self, value: float) -> DBNClassifier:
-        return self._set(finetuneLearningRate=value)
-
-    def setFinetuneMomentum(self, value: float) -> DBNClassifier:
-        return self._set(finetuneMomentum=value)
-
-    def setFinetuneWeightDecay(self, value: float) -> DBNClassifier:
-        return self._set(finetuneWeightDecay=value)
-
-    def setFinetuneBatchSize(self, value: int) -> DBNClassifier:
-        return self._set(finetuneBatchSize=value)
-
-    def setFinetuneLrDecay(self, value: float) -> DBNClassifier:
-        return self._set(finetuneLrDecay=value)
-
-    def setFinetuneLrSchedule(self, value: str) -> DBNClassifier:
-        return self._set(finetuneLrSchedule=value)
 
     def _fit(self, dataset: DataFrame) -> DBNClassificationModel:
         result = _train(self, dataset, self.getLayers(), label=True)

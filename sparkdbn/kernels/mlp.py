@@ -104,9 +104,10 @@ class MLPParams:
 
 @dataclass(frozen=True)
 class SGDConfig:
-    """Hyper-parameters of one fine-tuning epoch."""
+    """Hyper-parameters of one fine-tuning epoch. The defaults are every run's: the settings
+    schema (sparkdbn/config.py) reads them from here, since a kernel cannot import it."""
 
-    learning_rate: float = 0.1
+    learning_rate: float = 0.2
     momentum: float = 0.9
     weight_decay: float = 1e-5  # L2 on weights only: biases are not decayed
     batch_size: int = 100

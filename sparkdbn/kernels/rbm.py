@@ -90,7 +90,8 @@ class RBMParams:
 
 @dataclass(frozen=True)
 class CDConfig:
-    """Hyper-parameters of one CD-k epoch."""
+    """Hyper-parameters of one CD-k epoch. The defaults are every run's: the settings
+    schema (sparkdbn/config.py) reads them from here, since a kernel cannot import it."""
 
     k: int = 1
     learning_rate: float = 0.1

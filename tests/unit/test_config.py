@@ -85,27 +85,3 @@ def test_bad_values_name_their_key(tmp_path: Path, text: str, message: str) -> N
 def test_missing_config_file() -> None:
     with pytest.raises(InputError, match="does not exist"):
         load_config("/nonexistent/c.toml", {})
-
-
-def test_ml_params_default_to_the_config_defaults() -> None:
-    """Every ml param that maps to a config key has the config's default, as its param
-    default and as its constructor's keyword default (unset where the config derives it)."""
-    import inspect
-
-    from sparkdbn.config import FINETUNE_EPOCHS
-    from sparkdbn.ml import _CONFIG_FIELDS, DBN, RBM, DBNClassifier
-
-    defaults = TrainConfig()
-    for cls in (RBM, DBN, DBNClassifier):
-        stage, signature = cls(), inspect.signature(cls.__init__).parameters
-        for param, name in _CONFIG_FIELDS.items():
-            if not stage.hasParam(param):
-                continue
-            expected = getattr(defaults, name)
-            if name == "finetune_epochs":  # a classifier always fine-tunes
-                expected = FINETUNE_EPOCHS
-            if name == "layers":
-                expected = expected[1:]
-            has = stage.hasDefault(param)
-            assert (stage.getOrDefault(param) if has else None) == expected, (cls, param)
-            assert signature[param].default == expected, (cls, param)

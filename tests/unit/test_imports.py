@@ -72,7 +72,7 @@ LAYERS = {
     "kernels": {"kernels", "kernels.rbm", "kernels.mlp", "kernels.averaging"},
     "foundations": {
         "config", "data", "datasets", "columns", "staging", "model", "logs", "metrics",
-        "errors", "fsutil",
+        "errors", "fsutil", "settings",
     },
     "engine": {"engine"},  # and every engine.* module
     "front": {
