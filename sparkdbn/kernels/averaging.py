@@ -118,14 +118,14 @@ DEFAULT_STRATEGY = "auto"
 PRETRAINING, FINETUNING = "pretraining", "finetuning"
 # The rule behind "auto" and the derived settings of "block"/"nesterov" (see `resolve`).
 PRETRAIN_ROUNDS = 8
-FINETUNE_ROUNDS = 12
+FINETUNE_ROUNDS = 24
 FINETUNE_BATCHES_PER_ROUND = 1.25
 MAX_PRETRAIN_GAIN = 16.0
 FINETUNE_SCALE = 32.0
 PRETRAIN_WARMUP = 0.2
 FINETUNE_WARMUP = 0.4
 MAX_WARMUP_EPOCHS = (1.0, 2.0)
-MIN_LOCAL_STEPS = 50
+MIN_LOCAL_STEPS = 150
 MIN_LOCAL_BATCH = 8
 MAX_EPOCH_BATCHES = 2000
 
@@ -162,9 +162,13 @@ class AveragingSettings:
           over all partitions, since each costs an update pass over all parameters: on
           large data sets that is seconds per epoch (at 64 partitions of Fashion-MNIST,
           mini-batches of 19 rows took 7.3 s per fine-tuning epoch against 3.4 s for the
-          cap's 30, for 0.75 points). G = P·(mini-batch)/batch_size
-          is then the partitions' combined batch in units of `batch_size`, and b the
-          mini-batches per partition.
+          cap's 30, for 0.75 points). b is then the mini-batches per partition,
+          C = P·(mini-batch)/batch_size the partitions' combined batch in units of
+          `batch_size`, and G = P·√(mini-batch / batch_size) the gain averaging loses: P
+          partitions' changes are averaged where one machine would add them, and a
+          mini-batch shrunk below `batch_size` carries the square root of its share of the
+          step (square-root learning-rate scaling; linear scaling, G = C, under-scaled small
+          mini-batches). Both are at least 1.
         - pretraining: PRETRAIN_ROUNDS rounds (at most b), classic block momentum, local
           momentum reset at each round. The gain averaging loses, min(G, MAX_PRETRAIN_GAIN),
           is split evenly between the partitions' learning rate (×√gain, warmed up over
@@ -173,10 +177,12 @@ class AveragingSettings:
           rate destabilises CD.
         - fine-tuning: plain averaging of FINETUNE_ROUNDS rounds (a round has at least
           FINETUNE_BATCHES_PER_ROUND mini-batches), averaged momentum carried into the next
-          round, and the partitions' learning rate ×min(G, FINETUNE_SCALE/√G), warmed up over
-          FINETUNE_WARMUP of the epochs. Block momentum did not help backprop here; linear
-          learning-rate scaling does, up to where large combined batches make large steps
-          unstable.
+          round, and the partitions' learning rate ×min(G, FINETUNE_SCALE/√C), warmed up over
+          FINETUNE_WARMUP of the epochs. Block momentum did not help backprop here; a scaled
+          learning rate does, up to where large combined batches make large steps unstable
+          (the fall-back with C is a fit to measurements, not a derived law), and the
+          scaled steps need frequent averages: the partitions drift apart between rounds in
+          proportion to the scaled rate times the steps in a round.
 
         "block" and "nesterov" derive Chen & Huo's η = 1 − 1/P, ζ = 1, PRETRAIN_ROUNDS
         rounds and reset local momentum. See docs/architecture.md for the measurements.
@@ -192,7 +198,8 @@ class AveragingSettings:
         if self.local_batch_size is not None:
             local = self.local_batch_size
         batches = math.ceil(rows / local)
-        combined = p * local / batch_size
+        gain_lost = max(p * math.sqrt(local / batch_size), 1.0)
+        combined = max(p * local / batch_size, 1.0)
         if self.strategy == "plain" or p == 1:
             derived = Averaging("plain")
         elif self.strategy != "auto":
@@ -201,7 +208,7 @@ class AveragingSettings:
                 reset_local_momentum=True,
             )
         elif phase == PRETRAINING:
-            gain = math.sqrt(min(max(combined, 1.0), MAX_PRETRAIN_GAIN))
+            gain = math.sqrt(min(gain_lost, MAX_PRETRAIN_GAIN))
             derived = Averaging(
                 "block", min(PRETRAIN_ROUNDS, batches), 1 - 1 / gain,
                 reset_local_momentum=True, lr_scale=gain,
@@ -209,9 +216,8 @@ class AveragingSettings:
             )
         else:
             rounds = min(FINETUNE_ROUNDS, max(1, math.ceil(batches / FINETUNE_BATCHES_PER_ROUND)))
-            combined = max(combined, 1.0)
             derived = Averaging(
-                "plain", rounds, lr_scale=min(combined, FINETUNE_SCALE / math.sqrt(combined)),
+                "plain", rounds, lr_scale=min(gain_lost, FINETUNE_SCALE / math.sqrt(combined)),
                 warmup_epochs=min(MAX_WARMUP_EPOCHS[1], FINETUNE_WARMUP * epochs),
             )
         return Averaging(

@@ -107,25 +107,31 @@ def test_plain_is_the_papers_averaging_once_per_epoch() -> None:
 
 
 def test_auto_derives_from_partitions_and_rows() -> None:
-    """Pretraining: block momentum and learning rate share the gain min(G, 16); fine-tuning:
-    plain averaging with a scaled, warmed-up learning rate; rounds bounded by mini-batches;
-    small partitions get smaller mini-batches, so that each takes 50 steps per epoch, but an
-    epoch takes at most 2,000 mini-batches over all partitions."""
-    pre = AveragingSettings().resolve(16, 60000, 100, 5, PRETRAINING)  # 3,750 rows: 75 a batch
-    gain = math.sqrt(16 * 75 / 100)
-    assert pre == Averaging("block", 8, 1 - 1 / gain, 1.0, True, gain, 1.0, 75)
+    """Small partitions get smaller mini-batches, so that each takes 150 steps per epoch, but
+    an epoch takes at most 2,000 mini-batches over all partitions; the gain is
+    G = P·√(mini-batch / batch_size), the combined batch C = P·mini-batch / batch_size.
+    Pretraining: block momentum and learning rate share min(G, 16); fine-tuning: plain
+    averaging of 24 rounds with the learning rate scaled by min(G, 32/√C), warmed up; rounds
+    bounded by mini-batches."""
+    pre = AveragingSettings().resolve(16, 60000, 100, 5, PRETRAINING)  # 3,750 rows; 60,000 / 2,000
+    g16 = 16 * math.sqrt(30 / 100)
+    gain = math.sqrt(g16)
+    assert pre == Averaging("block", 8, 1 - 1 / gain, 1.0, True, gain, 1.0, 30)
     tune16 = AveragingSettings().resolve(16, 60000, 100, 5, FINETUNING)
-    assert tune16 == Averaging("plain", 12, 0.0, 1.0, False, 32 / math.sqrt(12), 2.0, 75)
-    many = AveragingSettings().resolve(64, 60000, 100, 5, PRETRAINING)  # 60,000 / 2,000
+    assert tune16 == Averaging("plain", 24, 0.0, 1.0, False, g16, 2.0, 30)
+    eight = AveragingSettings().resolve(8, 60000, 100, 5, FINETUNING)  # 7,500 rows: 150 steps
+    assert (eight.batch_size, eight.lr_scale) == (50, 8 * math.sqrt(0.5))
+    many = AveragingSettings().resolve(64, 60000, 100, 5, PRETRAINING)
     assert (many.batch_size, many.momentum, many.lr_scale) == (30, 0.75, 4.0)
     tune = AveragingSettings().resolve(64, 60000, 100, 5, FINETUNING)
-    combined = 64 * 30 / 100
-    assert (tune.batch_size, tune.rounds) == (30, 12)
-    assert tune.lr_scale == pytest.approx(32 / math.sqrt(combined))
+    assert (tune.batch_size, tune.rounds) == (30, 24)
+    assert tune.lr_scale == pytest.approx(32 / math.sqrt(64 * 30 / 100))
+    two = AveragingSettings().resolve(2, 60000, 100, 5, FINETUNING)  # large partitions
+    assert (two.batch_size, two.rounds, two.lr_scale) == (None, 24, 2.0)
     few = AveragingSettings().resolve(8, 200, 20, 60, PRETRAINING)  # 25 rows each
     assert (few.batch_size, few.rounds, few.warmup_epochs) == (8, 4, 1.0)
     alone = AveragingSettings().resolve(1, 898, 100, 10, FINETUNING)  # one small partition
-    assert (alone.batch_size, alone.rounds, alone.lr_scale) == (18, 1, 1.0)
+    assert (alone.batch_size, alone.rounds, alone.lr_scale) == (8, 1, 1.0)
     given = AveragingSettings(local_batch_size=64).resolve(4, 60000, 100, 5, FINETUNING)
     assert given.batch_size == 64
 
