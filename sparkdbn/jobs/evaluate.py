@@ -27,7 +27,9 @@ def build_parser() -> JobParser:
         "1 other failures.",
     )
     parser.add_argument("--model", required=True, help="model directory (with model.json)")
-    parser.add_argument("--data", required=True, help="labelled data (Parquet path)")
+    parser.add_argument(
+        "--data", required=True, help="labelled data: a Parquet path or table:NAME"
+    )
     parser.add_argument("--features-col", default="features", help="features column")
     parser.add_argument("--label-col", default="label", help="integer label column")
     parser.add_argument("--output", help="also write the evaluation as JSON to this file")
