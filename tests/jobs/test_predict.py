@@ -303,3 +303,16 @@ def test_an_existing_table_is_kept_or_refused_before_any_work(
                             "--if-exists", if_exists)
     assert result.returncode == code, result.stderr
     assert spark.table(f"{database}.kept").count() == 2
+
+
+def test_partition_by_an_output_column(spark, trained, expected, fashion_parquet: Path,
+                                       tmp_path: Path) -> None:
+    output = tmp_path / "scored"
+    result = run_in_process("predict", "--model", str(trained[0]), "--data",
+                            str(fashion_parquet / "test"), "--output", str(output),
+                            "--partition-by", "prediction")
+    assert result.returncode == 0, result.stderr
+    folders = {p.name for p in output.iterdir() if p.is_dir()}
+    assert folders == {f"prediction={p}" for p, _ in expected.values()}
+    back = spark.read.parquet(str(output)).toArrow().to_pydict()
+    assert_predictions(back, expected)
