@@ -6,6 +6,7 @@
 the rows are staged in local partition files instead (`sparkdbn.staging`). It reads the source
 once, validates the cached copy in one more pass, and raises `InputError` naming the column, an
 example row id and the offending value before anything is trained or written.
+`check_features` checks data to score the same way, without keeping it.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from pyspark.sql.pandas.types import to_arrow_schema
 from sparkdbn.columns import features_to_numpy, pack_rows, unpack_rows
 from sparkdbn.errors import InputError
 from sparkdbn.staging import StagedParts, StagedRows, local_master, stage_directory, staging
+from sparkdbn.tables import Table, is_table, parse_location
 
 INTEGER_TYPES = (T.ByteType, T.ShortType, T.IntegerType, T.LongType)
 PACKED_ID = "id"
@@ -109,21 +111,32 @@ def _explain(err: Exception) -> str:
 
 
 def _unreadable(source: str | DataFrame, err: Exception) -> InputError:
-    where = f"Parquet data at {source!r}" if isinstance(source, str) else "the input DataFrame"
+    if not isinstance(source, str):
+        where = "the input DataFrame"
+    elif is_table(source):
+        where = f"table {parse_location(source).name!r}"
+    else:
+        where = f"Parquet data at {source!r}"
     return InputError(f"cannot read {where}: {_explain(err)}")
 
 
 def read_source(spark: SparkSession, source: str | DataFrame) -> DataFrame:
-    """A DataFrame as is, or a Parquet path read with a clear error when it is missing."""
+    """A DataFrame as is, a catalog table (`table:NAME`, `sparkdbn.tables`) or a Parquet
+    path, read with a clear error when it is missing."""
     if isinstance(source, DataFrame):
         return source
+    location = parse_location(source)
     try:
-        return spark.read.parquet(source)
+        if isinstance(location, Table):
+            return spark.table(location.name)
+        return spark.read.parquet(location)
     except Exception as err:  # AnalysisException and friends, classic or Connect
         raise _unreadable(source, err) from err
 
 
-def _check_schema(df: DataFrame, features_col: str, label_col: str, require_label: bool) -> bool:
+def _check_schema(
+    df: DataFrame, features_col: str, label_col: str | None, require_label: bool
+) -> bool:
     fields = {f.name: f.dataType for f in df.schema.fields}
     if features_col not in fields:
         raise InputError(
@@ -139,7 +152,7 @@ def _check_schema(df: DataFrame, features_col: str, label_col: str, require_labe
             f"features column {features_col!r} has type {ftype.simpleString()}; expected "
             "array<float>, array<double> or a pyspark.ml Vector"
         )
-    if label_col not in fields:
+    if label_col is None or label_col not in fields:
         if require_label:
             raise InputError(
                 f"label column {label_col!r} not found; columns are {sorted(fields)} "
@@ -234,7 +247,8 @@ def _check_arrow_schema() -> pa.Schema:
 
 
 def _raise_first_problem(
-    rows: list, features_col: str, label_col: str, bernoulli: bool
+    rows: list, features_col: str, label_col: str | None, bernoulli: bool,
+    what: str = "the training data",
 ) -> int | None:
     """Raise InputError for the first problem any partition found.
 
@@ -243,7 +257,7 @@ def _raise_first_problem(
     """
     n = sum(r["n"] for r in rows)
     if n == 0:
-        raise InputError(f"the training data has no rows (features column {features_col!r})")
+        raise InputError(f"{what} has no rows (features column {features_col!r})")
     for r in rows:
         if r["null_id"] is not None:
             raise InputError(f"column {features_col!r}, row id {r['null_id']}: features are null")
@@ -302,6 +316,35 @@ def _raise_ragged_across_partitions(packed: DataFrame, features_col: str) -> Non
     )
 
 
+def _with_long_id(df: DataFrame) -> DataFrame:
+    """`id` as long, or a generated one when the data has no integer id column."""
+    id_field = next((f for f in df.schema.fields if f.name == PACKED_ID), None)
+    if id_field is None or not isinstance(id_field.dataType, INTEGER_TYPES):
+        return df.withColumn(PACKED_ID, F.monotonically_increasing_id())
+    return df.withColumn(PACKED_ID, F.col(PACKED_ID).cast("long"))
+
+
+def check_features(df: DataFrame, features_col: str, visible: str = "bernoulli") -> tuple[int, int]:
+    """Rows and width of data to score, checked as `prepare` checks training data (column
+    type, nulls, ragged rows, values), in one pass that keeps nothing: scoring reads the rows
+    once more rather than hold all of them."""
+    _check_schema(df, features_col, None, require_label=False)
+    bernoulli = visible == "bernoulli"
+    packed = _with_long_id(df).select(PACKED_ID, features_col).mapInArrow(
+        _pack_batches(features_col, None), "id long, w int, x binary"
+    )
+    try:
+        rows = packed.mapInArrow(_check_batches(bernoulli, False), _CHECK_SCHEMA).collect()
+    except Exception as err:
+        if _READ_FAILURE.search(str(err)) is None:
+            raise
+        raise InputError(f"cannot read the data to score: {_explain(err)}") from err
+    width = _raise_first_problem(rows, features_col, None, bernoulli, what="the data")
+    if width is None:
+        _raise_ragged_across_partitions(packed, features_col)
+    return sum(r["n"] for r in rows), width
+
+
 def prepare(
     spark: SparkSession,
     source: str | DataFrame,
@@ -317,13 +360,8 @@ def prepare(
     scratch space. Nothing is written anywhere else."""
     df = read_source(spark, source)
     has_label = _check_schema(df, features_col, label_col, require_label)
-    id_field = next((f for f in df.schema.fields if f.name == PACKED_ID), None)
-    if id_field is None or not isinstance(id_field.dataType, INTEGER_TYPES):
-        df = df.withColumn(PACKED_ID, F.monotonically_increasing_id())
-    else:
-        df = df.withColumn(PACKED_ID, F.col(PACKED_ID).cast("long"))
     columns = [PACKED_ID, features_col] + ([label_col] if has_label else [])
-    df = df.select(*columns)
+    df = _with_long_id(df).select(*columns)
     if partitions is not None:
         # Hash of the id, then id order inside each partition: the same rows land in the same
         # order on every run, whatever order the shuffle fetched them in.

@@ -15,6 +15,7 @@ with `ts` (ISO 8601, UTC), `level`, `job`, `event` and the event's fields (json,
     timeline        schedule, makespan_seconds, layers [{layer, started_at, finished_at}]
     benchmark       results
     message         message (free text)
+    start           rows, output (predict: the data is checked, the writing begins)
     done            output, and skipped: true when --if-exists resume found it complete
     error           message, exit_code (+ exception, traceback for unexpected failures)
 

@@ -15,7 +15,8 @@ from sparkdbn.logs import Reporter
 @dataclass
 class EpochRecord:
     """One epoch of one layer; `replica_divergence` has one figure per averaging round
-    (`engine.rounds`)."""
+    (`engine.rounds`); `finished_at` (seconds since the run started) places it on the Gantt
+    chart, `seconds` before it."""
 
     epoch: int
     recon_error: float
@@ -24,6 +25,7 @@ class EpochRecord:
     input_version: int | None = None
     rounds: int = 1
     replica_divergence: list[float] = field(default_factory=list)
+    finished_at: float | None = None
 
 
 @dataclass
@@ -85,6 +87,8 @@ class RunLog:
         return {log.layer: log for log in self.layers}
 
     def record_epoch(self, log: LayerLog, record: EpochRecord, total_epochs: int) -> None:
+        if record.finished_at is None:
+            record.finished_at = self.now()
         log.epochs.append(record)
         self.reporter.event(  # as text: logs.epoch_line
             "epoch", layer=log.layer, epoch=record.epoch + 1, epochs=total_epochs,

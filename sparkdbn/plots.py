@@ -1,4 +1,5 @@
-"""Pictures of a run: learning curves and first-layer filters (PNG, via matplotlib if present)."""
+"""Pictures of a run: learning curves, the schedule's Gantt chart and first-layer filters (PNG,
+via matplotlib if present)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,10 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
     from sparkdbn.engine.training import TrainingResult
+    from sparkdbn.metrics import RunLog
 
 
 def filter_grid(W: np.ndarray, max_filters: int = 100) -> np.ndarray | None:
@@ -33,7 +37,8 @@ def filter_grid(W: np.ndarray, max_filters: int = 100) -> np.ndarray | None:
 
 
 def write_pictures(result: TrainingResult, directory: Path) -> list[Path]:
-    """learning_curves.png and filters.png in `directory`; nothing without matplotlib."""
+    """learning_curves.png, gantt.png and filters.png in `directory`; nothing without
+    matplotlib."""
     try:
         import matplotlib
 
@@ -64,6 +69,11 @@ def write_pictures(result: TrainingResult, directory: Path) -> list[Path]:
     fig.savefig(path, dpi=100)
     plt.close(fig)
     written.append(path)
+    path = directory / "gantt.png"
+    fig = gantt_figure(result.run)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    written.append(path)
     grid = filter_grid(result.model.layers[0].W)
     if grid is not None:
         fig, ax = plt.subplots(figsize=(6, 6))
@@ -75,3 +85,44 @@ def write_pictures(result: TrainingResult, directory: Path) -> list[Path]:
         plt.close(fig)
         written.append(path)
     return written
+
+
+def gantt_figure(run: RunLog) -> Figure:
+    """The schedule over time, one row per layer: its epochs as boxes, the rough versions it
+    publishes above them and the versions it loads below (`metrics.gantt` is the text form).
+    A layer restored from a checkpoint, or that never ran, has a labelled empty row."""
+    import matplotlib.pyplot as plt
+
+    layers = sorted(run.layers, key=lambda lg: lg.layer)
+    fig, ax = plt.subplots(figsize=(11, 1.5 + 0.9 * max(len(layers), 1)))
+    end = max((lg.finished_at for lg in layers if lg.finished_at is not None), default=None)
+    for row, log in enumerate(layers):
+        if log.started_at is None or log.finished_at is None:
+            why = "restored from the checkpoint" if log.epochs else "did not run"
+            ax.text(0, row, f" ({why})", va="center", fontsize=8, color="gray")
+            continue
+        ax.broken_barh([(log.started_at, log.finished_at - log.started_at)], (row - 0.4, 0.8),
+                       facecolors="0.92", edgecolors="0.6")
+        epochs = [(e.finished_at - e.seconds, e.seconds) for e in log.epochs
+                  if e.finished_at is not None]
+        ax.broken_barh(epochs, (row - 0.25, 0.5), facecolors=[f"C{row % 10}"],
+                       edgecolors="white",
+                       label="epochs" if epochs and "epochs" not in _labels(ax) else None)
+        for spans, top, colour, name in ((log.publishes, -0.4, "black", "publishes"),
+                                         (log.loads, 0.25, "tab:red", "loads")):
+            ax.broken_barh([(s.started_at, max(s.seconds, 0.01)) for s in spans],
+                           (row + top, 0.15), facecolors=colour,
+                           label=name if spans and name not in _labels(ax) else None)
+    ax.set_yticks(range(len(layers)), [f"layer {lg.layer}" for lg in layers])
+    ax.set_ylim(len(layers) - 0.5, -0.5)
+    ax.set_xlabel("seconds since the run started")
+    makespan = f", makespan {end:.1f} s" if end is not None else ""
+    ax.set_title(f"schedule {run.schedule}{makespan}")
+    if _labels(ax):
+        ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def _labels(ax) -> list[str]:
+    return ax.get_legend_handles_labels()[1]

@@ -1,4 +1,4 @@
-"""Small file operations (list, atomic write, read, delete) on any path Spark can use.
+"""Small file operations (list, atomic write, read, rename, delete) on any path Spark can use.
 
 The representation store and the saved ml models need a few files beside what Spark writes:
 markers, leases, JSON and npz. Hadoop's FileSystem serves them wherever the cluster reads and
@@ -55,6 +55,10 @@ class LocalFS:
     def read_bytes(self, path: str) -> bytes:
         with open(self._os(path), "rb") as f:
             return f.read()
+
+    def rename(self, source: str, target: str) -> None:
+        """Move a file or directory to a `target` that does not exist (one rename)."""
+        os.rename(self._os(source), self._os(target))
 
     def delete(self, path: str, recursive: bool = False) -> None:
         target = self._os(path)
@@ -128,6 +132,12 @@ class HadoopFS:
             return bytes(stream.readAllBytes())
         finally:
             stream.close()
+
+    def rename(self, source: str, target: str) -> None:
+        """Move a file or directory to a `target` that does not exist (on HDFS one atomic
+        rename; object stores copy, as their committers do)."""
+        if not self._fs.rename(self._path(source), self._path(target)):
+            raise OSError(f"cannot rename {source} to {target}")
 
     def delete(self, path: str, recursive: bool = False) -> None:
         self._fs.delete(self._path(path), recursive)

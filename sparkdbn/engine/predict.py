@@ -1,5 +1,5 @@
-"""The main and evaluate jobs' predictions and evaluation: `kernels.mlp.class_scores` inside
-mapInArrow over packed rows (the ml models run the same function over the user's columns)."""
+"""The jobs' predictions and evaluation: `kernels.mlp.class_scores` inside mapInArrow, over
+packed rows (main and evaluate jobs) or the user's columns (predict job, as the ml models)."""
 
 from __future__ import annotations
 
@@ -10,11 +10,15 @@ import numpy as np
 import pyarrow as pa
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
+from pyspark.sql import types as T
 
-from sparkdbn.columns import unpack_rows
+from sparkdbn.columns import features_to_numpy, unpack_rows
 from sparkdbn.data import PACKED_LABEL, PACKED_X, PackedData
 from sparkdbn.engine.threads import task_blas_threads
-from sparkdbn.kernels.mlp import MLPParams, predict_proba
+from sparkdbn.kernels.mlp import MLPParams, class_scores, predict_proba
+from sparkdbn.model import DBNModel
+
+PREDICTION, PROBABILITY, HIDDEN = "prediction", "probability", "hidden"
 
 
 def _predict_batches(params: MLPParams, keep: list[str]):
@@ -39,6 +43,42 @@ def predict_packed(data: PackedData, params: MLPParams) -> DataFrame:
         f"{c} long" for c in keep
     ) + ", prediction double, probability array<double>"
     return data.df.mapInArrow(_predict_batches(params, keep), schema)
+
+
+def score_columns(
+    df: DataFrame, model: DBNModel, features_col: str, keep: list[str], hidden: bool = False
+) -> DataFrame:
+    """`keep` as they are, then `prediction` (double: the class of the largest logit, as the
+    ml models say) and `probability` (array<double>), and with `hidden` the top layer's
+    representation (array<float>, P(h = 1 | v) of the fine-tuned stack).
+
+    The caller has checked the features (`data.check_features`): every row has the model's
+    width, so a row here either scores or the task fails.
+    """
+    params, width = model.to_mlp(), model.sizes[0]
+    fields = {f.name: f for f in df.schema.fields}
+    out = [fields[name] for name in keep] + [
+        T.StructField(PREDICTION, T.DoubleType()),
+        T.StructField(PROBABILITY, T.ArrayType(T.DoubleType())),
+    ]
+    if hidden:
+        out.append(T.StructField(HIDDEN, T.ArrayType(T.FloatType())))
+
+    def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        for batch in batches:
+            X = features_to_numpy(batch.column(features_col))[0].reshape(-1, width)
+            with task_blas_threads():
+                logits, proba = class_scores(params, X)
+                top = model.transform(X) if hidden else None
+            columns = {name: batch.column(name) for name in keep}
+            columns[PREDICTION] = pa.array(logits.argmax(axis=1).astype(np.float64))
+            columns[PROBABILITY] = _probability_column(proba)
+            if top is not None:
+                columns[HIDDEN] = _list_column(top, pa.float32())
+            yield pa.RecordBatch.from_pydict(columns)
+
+    read = list(dict.fromkeys([*keep, features_col]))
+    return df.select(*read).mapInArrow(run, T.StructType(out))
 
 
 @dataclass
@@ -88,6 +128,10 @@ def evaluate(predictions: DataFrame, n_classes: int) -> Evaluation:
 
 
 def _probability_column(proba: np.ndarray) -> pa.Array:
-    k = proba.shape[1]
-    flat = pa.array(proba.astype(np.float64).reshape(-1))
-    return pa.FixedSizeListArray.from_arrays(flat, k).cast(pa.list_(pa.float64()))
+    return _list_column(proba, pa.float64())
+
+
+def _list_column(values: np.ndarray, kind: pa.DataType) -> pa.Array:
+    """One list per row of a 2-D array."""
+    flat = pa.array(np.ascontiguousarray(values, kind.to_pandas_dtype()).reshape(-1), kind)
+    return pa.FixedSizeListArray.from_arrays(flat, values.shape[1]).cast(pa.list_(kind))

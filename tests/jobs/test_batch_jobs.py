@@ -8,7 +8,7 @@ cases, which all finish or fail before Spark starts, run as subprocesses in the 
 from __future__ import annotations
 
 import contextlib
-import importlib.util
+import importlib
 import io
 import json
 import os
@@ -31,7 +31,7 @@ from sparkdbn.errors import InputError
 from sparkdbn.logs import Reporter, log_format_in
 from sparkdbn.metrics import EpochRecord, RunLog
 from sparkdbn.prepare import SPLIT_DIRS
-from tests.conftest import FIXTURE_DIR, REPO, run_job, start_job
+from tests.conftest import FIXTURE_DIR, run_job, start_job
 
 JOBS = ("prepare_data", "train_dbn", "pretrain_layer", "evaluate", "benchmark")
 TRAIN = ["--layers", "784,16", "--epochs", "2", "--finetune-epochs", "1", "--partitions", "2",
@@ -208,9 +208,7 @@ def test_prepare_data_resume_keeps_a_complete_output(data: Path, tmp_path: Path)
 def test_prepare_data_resume_tells_complete_from_incomplete(data: Path, tmp_path: Path) -> None:
     """Complete = every data set the flags ask for has its _SUCCESS marker; anything else is
     converted afresh (not run here: that starts Spark)."""
-    spec = importlib.util.spec_from_file_location("_prepare_job", REPO / "jobs" / "prepare_data.py")
-    job = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(job)
+    job = importlib.import_module("sparkdbn.jobs.prepare_data")
     both = job.parse_args(["--source", str(FIXTURE_DIR), "--output", "x"])
     one = job.parse_args(["--source", str(FIXTURE_DIR), "--output", "x", "--split", "train"])
     layouts = job.expected_layouts(both, FIXTURE_DIR)

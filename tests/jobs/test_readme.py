@@ -84,6 +84,7 @@ def test_the_quick_start_fine_tunes_and_evaluates(shell_runs, workdir: Path) -> 
     assert 0.5 < metrics["test_accuracy"] <= 1.0  # chance is 0.1
     evaluation = json.loads((workdir / "out" / "quickstart-evaluation.json").read_text())
     assert evaluation["accuracy"] == pytest.approx(metrics["test_accuracy"])
+    assert (workdir / "out" / "quickstart-predictions" / "_SUCCESS").is_file()
     assert json.loads((workdir / "out" / "four" / "metrics.json").read_text())["test_accuracy"]
     assert (workdir / "data" / "mine" / "_SUCCESS").is_file()
     for layer in ("layer0", "layer1"):

@@ -39,7 +39,7 @@ def test_accuracy_floor_and_baseline(trained: Path) -> None:
     assert len(metrics["finetune"]) == len(metrics["baseline_finetune"]) == 15
     confusion = np.array(metrics["test_evaluation"]["confusion_matrix"])
     assert confusion.shape == (10, 10) and confusion.sum() == 500
-    for name in ("learning_curves.png", "filters.png", "evaluation.txt"):
+    for name in ("learning_curves.png", "gantt.png", "filters.png", "evaluation.txt"):
         assert (trained / name).stat().st_size > 0
 
 

@@ -8,21 +8,17 @@ exit code come from the same `sparkdbn.cli.run` a real process uses.
 from __future__ import annotations
 
 import contextlib
-import importlib.util
+import importlib
 import io
 import subprocess
 import sys
-
-from tests.conftest import REPO
 
 
 def run_in_process(job: str, *args: str) -> subprocess.CompletedProcess[str]:
     """jobs/JOB.py's main with `args`, as `python jobs/JOB.py ARGS` would run it."""
     from sparkdbn.cli import run
 
-    spec = importlib.util.spec_from_file_location(f"_job_{job}", REPO / "jobs" / f"{job}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = importlib.import_module(f"sparkdbn.jobs.{job}")
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         code = run(module.main, list(args))

@@ -72,13 +72,14 @@ LAYERS = {
     "kernels": {"kernels", "kernels.rbm", "kernels.mlp", "kernels.averaging"},
     "foundations": {
         "config", "data", "datasets", "columns", "staging", "model", "logs", "metrics",
-        "errors", "fsutil", "settings",
+        "errors", "fsutil", "settings", "tables",
     },
     "engine": {"engine"},  # and every engine.* module
     "front": {
         "ml", "outputs", "plots", "prepare", "scaling", "benchmark", "session", "cli",
         "resources.sparkdbn_daemon",
     },
+    "jobs": {"jobs"},  # and every jobs.* module
 }
 
 
@@ -86,6 +87,8 @@ def layer_of(module: str) -> int:
     name = module.removeprefix("sparkdbn").removeprefix(".")
     if name == "" or name.startswith("engine"):
         return list(LAYERS).index("engine") if name else 0
+    if name.startswith("jobs"):
+        return list(LAYERS).index("jobs")
     for rank, members in enumerate(LAYERS.values()):
         if name in members:
             return rank

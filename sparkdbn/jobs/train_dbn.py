@@ -1,0 +1,94 @@
+"""Train a Deep Belief Network on Spark.
+
+    python jobs/train_dbn.py --train data/train --output out/run1 --layers 784,500
+    spark-submit --py-files sparkdbn.zip jobs/train_dbn.py --config conf/fashion_mnist.toml ...
+
+With checkpoints on (--checkpoint-every, default 1 epoch) a killed or failed run resumes with
+--if-exists resume: finished layers are skipped and the current one continues from its last
+checkpointed epoch (bit-identical under the sequential schedule).
+
+--log-format json prints one JSON object per line on stdout (epoch, finetune_epoch,
+evaluation, timeline, done events) and errors as one JSON line on stderr.
+
+Exit codes: 0 success, 2 bad input or config, or training diverged (one line on stderr),
+1 other failures.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from pathlib import Path
+
+from sparkdbn.cli import JobParser, run
+from sparkdbn.config import add_arguments, config_from_args
+from sparkdbn.engine.checkpoint import Checkpoint, check_finished, checkpoint_dir
+from sparkdbn.errors import InputError
+from sparkdbn.fsutil import RESUMABLE_IF_EXISTS, check_target
+from sparkdbn.logs import Reporter
+
+
+def build_parser() -> JobParser:
+    parser = JobParser(
+        prog="train_dbn",
+        description="Pretrain a DBN (stack of RBMs) with CD-k on Spark; flags override --config.",
+        epilog="--if-exists: error refuses an existing OUTPUT or checkpoint (exit 2); overwrite "
+        "trains afresh and replaces OUTPUT at the end; resume continues an unfinished run from "
+        "its checkpoint, or exits 0 when OUTPUT is a finished run of the same config. "
+        "Exit codes: 0 success, 2 bad input or config, 1 other failures.",
+    )
+    add_arguments(parser)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    reporter = Reporter("train_dbn", args.log_format)
+    cfg = config_from_args(args)
+    if cfg.train is None or cfg.output is None:
+        raise InputError("--train and --output are required (flags or config keys)")
+    checkpoint = Checkpoint(checkpoint_dir(cfg.output), cfg.to_dict(), cfg.checkpoint_every)
+    if cfg.if_exists == "resume" and Path(cfg.output).exists():
+        check_finished(cfg.output, cfg.to_dict())
+        checkpoint.remove()  # left over if the last run was killed right after its commit
+        reporter.event(
+            "done", output=cfg.output, skipped=True,
+            text=f"{cfg.output} is already complete with this config: nothing to resume",
+        )
+        return
+    check_target(cfg.output, cfg.if_exists, RESUMABLE_IF_EXISTS)
+    checkpoint.prepare(cfg.if_exists)
+
+    from sparkdbn.engine.training import default_store, train
+    from sparkdbn.metrics import gantt
+    from sparkdbn.outputs import write_outputs
+    from sparkdbn.session import get_session
+
+    spark = get_session("sparkdbn train_dbn")
+    own_store = cfg.store is None
+    store = cfg.store or str(default_store(cfg.output))
+    if own_store and not checkpoint.exists():
+        shutil.rmtree(store, ignore_errors=True)  # a killed run's versions: not for a fresh run
+    try:
+        result = train(spark, cfg, store, checkpoint=checkpoint, reporter=reporter)
+    except BaseException:
+        if own_store and not checkpoint.exists():  # else kept: a resumed run reads its versions
+            shutil.rmtree(store, ignore_errors=True)
+        raise
+    if own_store:
+        shutil.rmtree(store, ignore_errors=True)
+    write_outputs(result, cfg.output)
+    checkpoint.remove()
+    reporter.event("timeline", text=gantt(result.run), **result.run.timeline())
+    if result.evaluation is not None:
+        reporter.text(result.evaluation.table())  # JSON: the fine-tune evaluation event
+    reporter.event("done", output=cfg.output, text=f"model and metrics written to {cfg.output}")
+
+
+def console() -> int:
+    """The `sparkdbn-train` console script and `python jobs/train_dbn.py`."""
+    return run(main)
+
+
+if __name__ == "__main__":
+    sys.exit(console())
