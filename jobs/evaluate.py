@@ -136,9 +136,10 @@ def main(argv: list[str] | None = None) -> None:
             figures.update(result.to_dict())
         if settings is not None:
             layers = log_likelihood(spark, data, model, settings)
-            figures.update(summary(layers, settings))
+            estimates = summary(layers, settings)
             reporter.event("log_likelihood", model=args.model, data=args.data,
-                           text=table(layers, settings), **summary(layers, settings))
+                           text=table(layers, settings), **estimates)
+            figures.update(estimates)
     finally:
         data.unpersist()
     if args.output:
