@@ -11,6 +11,8 @@ with `ts` (ISO 8601, UTC), `level`, `job`, `event` and the event's fields (json,
                     seconds, learning_rate
     resumed         layer or stage, after_epoch, epochs (continued from a checkpoint)
     evaluation      accuracy, n_rows, per_class_accuracy, confusion_matrix (+ stage or model)
+    log_likelihood  model, data, n_rows, log_likelihood(_lower, _upper), log_z(_lower, _upper),
+                    layers_log_likelihood, ais (evaluate --log-likelihood)
     ready           layer (pretrain_layer: up and waiting for the layer below)
     timeline        schedule, makespan_seconds, layers [{layer, started_at, finished_at}]
     benchmark       results
