@@ -288,7 +288,7 @@ def _publisher(
     return Publisher(spark, store, trainer, cfg, PublishPolicy.of(cfg), at_start)
 
 
-def pretrain_concurrent(
+def pretrain(
     spark: SparkSession,
     data: PackedData,
     cfg: TrainConfig,
@@ -296,7 +296,11 @@ def pretrain_concurrent(
     store_base: str,
     checkpoint: Checkpoint | None = None,
 ) -> DBNModel:
-    """All layers in their own threads, handing representations over through the store."""
+    """Pretrain the stack under `cfg.schedule`: `sequential` (or one layer) layer after
+    layer (`pretrain.pretrain_sequential`); otherwise all layers in their own threads,
+    handing representations over through the stores under `store_base`."""
+    if cfg.schedule == "sequential" or len(cfg.layers) == 2:
+        return pretrain_sequential(spark, data, cfg, run, checkpoint)
     n_layers = len(cfg.layers) - 1
     shared = make_shared(spark, cfg, store_base)
 
@@ -321,16 +325,3 @@ def pretrain_concurrent(
         raise shared.errors[0]
     layers = [shared.results[layer] for layer in range(n_layers)]
     return DBNModel(layers, cfg.visible, cfg.to_dict())
-
-
-def pretrain(
-    spark: SparkSession,
-    data: PackedData,
-    cfg: TrainConfig,
-    run: RunLog,
-    store_base: str,
-    checkpoint: Checkpoint | None = None,
-) -> DBNModel:
-    if cfg.schedule == "sequential" or len(cfg.layers) == 2:
-        return pretrain_sequential(spark, data, cfg, run, checkpoint)
-    return pretrain_concurrent(spark, data, cfg, run, store_base, checkpoint)
