@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
-import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -14,18 +13,11 @@ from pyspark.sql import SparkSession
 
 from sparkdbn.columns import unpack_rows
 from sparkdbn.data import PACKED_LABEL, PACKED_X, PackedData
-from sparkdbn.engine.averaging import (
-    PartitionStep,
-    RoundResult,
-    StepResult,
-    epoch_rounds,
-)
+from sparkdbn.engine.averaging import PartitionStep, StepResult
 from sparkdbn.engine.checkpoint import Checkpoint
-from sparkdbn.engine.divergence import divergence
 from sparkdbn.engine.faults import failing_first_attempt
-from sparkdbn.engine.jobinfo import described
-from sparkdbn.engine.rounds import AveragingLoop, divergence_warning
-from sparkdbn.errors import DivergenceError
+from sparkdbn.engine.rounds import EpochResult
+from sparkdbn.engine.trainer import AveragingTrainer, EpochPlan
 from sparkdbn.kernels.averaging import AUTO, FINETUNING, AveragingSettings
 from sparkdbn.kernels.mlp import MLPParams, SGDConfig, learning_rate_at, sgd_epoch
 from sparkdbn.logs import Reporter, as_reporter
@@ -60,6 +52,47 @@ def mlp_step(sizes: list[int], cfg: SGDConfig) -> PartitionStep:
     return step
 
 
+class FinetuneTrainer(AveragingTrainer[FinetuneEpoch]):
+    """The unrolled DBN under the trainer loop, as `name` ("fine-tune" or "baseline")."""
+
+    error_name = "loss"
+
+    def __init__(
+        self, spark: SparkSession, params: MLPParams, cfg: SGDConfig, epochs: int,
+        name: str, reporter: Reporter, checkpoint: Checkpoint | None,
+    ) -> None:
+        self.sizes = params.sizes
+        self.cfg = cfg
+        self.history: list[FinetuneEpoch] = []
+        state = np.concatenate([params.to_flat(), params.zeros_like().to_flat()])
+        super().__init__(
+            spark, name, name, {"stage": name}, state, params.to_flat().size, epochs,
+            self.history, reporter, checkpoint,
+        )
+
+    @property
+    def params(self) -> MLPParams:
+        return MLPParams.from_flat(self.state[: self.param_size], self.sizes)
+
+    def record_from(self, saved: dict[str, Any]) -> FinetuneEpoch:
+        return FinetuneEpoch(**saved)
+
+    def error_of(self, record: FinetuneEpoch) -> float:
+        return record.loss
+
+    def remedy(self) -> str:
+        return "lower finetune_learning_rate"
+
+    def report(self, record: FinetuneEpoch) -> None:
+        self.history.append(record)
+        self.reporter.event(  # as text: "fine-tune · epoch 3/10 · loss … · train acc … · 1.23 s"
+            "finetune_epoch", stage=self.name, epoch=record.epoch + 1, epochs=self.epochs,
+            loss=record.loss, train_accuracy=record.train_accuracy, seconds=record.seconds,
+            learning_rate=record.learning_rate, rounds=record.rounds,
+            replica_divergence=record.replica_divergence,
+        )
+
+
 def finetune(
     spark: SparkSession,
     data: PackedData,
@@ -84,71 +117,38 @@ def finetune(
     before it is kept. Progress goes to `report`: a sparkdbn.logs.Reporter (finetune_epoch,
     warning and resumed events) or any callable taking a text line.
     """
-    report = as_reporter(report)
-    sizes = params.sizes
-    size = params.to_flat().size
-    loop = AveragingLoop(np.concatenate([params.to_flat(), params.zeros_like().to_flat()]), size)
-    history: list[FinetuneEpoch] = []
-    done = 0
-    saved = None if checkpoint is None else checkpoint.restore(name, loop.saved_size)
-    if saved is not None:
-        loop.restore(saved.state)
-        done = saved.epoch
-        history = [FinetuneEpoch(**record) for record in saved.records]
-        report.event("resumed", stage=name, after_epoch=done, epochs=epochs)
+    trainer = FinetuneTrainer(spark, params, cfg, epochs, name, as_reporter(report), checkpoint)
     resolved = averaging.resolve(data.partitions, data.n_rows, cfg.batch_size, epochs, FINETUNING)
     batch = resolved.batch_size or cfg.batch_size
-    warned = False
-    for epoch in range(done, epochs):
+    while not trainer.done:
+        epoch = trainer.epoch
         lr = learning_rate_at(cfg.learning_rate, epoch, epochs, lr_schedule, lr_decay)
 
         def step(index: int, epoch: int = epoch, lr: float = lr) -> PartitionStep:
             factor = resolved.lr_factor(epoch, index)
             return failing_first_attempt(
                 mlp_step(
-                    sizes, dataclasses.replace(cfg, learning_rate=lr * factor, batch_size=batch)
+                    trainer.sizes,
+                    dataclasses.replace(cfg, learning_rate=lr * factor, batch_size=batch),
                 ),
                 fail_partitions,
             )
 
-        def guard(state: np.ndarray, result: RoundResult, epoch: int = epoch) -> None:
-            loss = float(result.sums[0] / result.n_rows)
-            why = divergence(state, loss, history[0].loss if history else None, "loss")
-            if why is not None:
-                raise DivergenceError(
-                    f"training diverged at {name}, epoch {epoch + 1}/{epochs}: {why}; "
-                    "lower finetune_learning_rate"
-                )
+        def record(result: EpochResult, seconds: float, lr: float = lr) -> FinetuneEpoch:
+            return FinetuneEpoch(
+                epoch=trainer.epoch,
+                loss=float(result.sums[0] / result.n_rows),
+                train_accuracy=float(result.sums[1] / result.n_rows),
+                seconds=round(seconds, 4),
+                learning_rate=lr,
+                rounds=resolved.rounds,
+                replica_divergence=[round(d, 4) for d in result.divergence],
+            )
 
-        start = time.perf_counter()
-        steps = [step(i) for i in range(resolved.rounds)]
-        with (
-            described(spark, f"{name} · epoch {epoch + 1}"),
-            epoch_rounds(
-                data.rows(PACKED_X, PACKED_LABEL), steps, (*seed_key, epoch), data.partitions, size
-            ) as rounds,
-        ):
-            result = loop.epoch(resolved, batch, rounds.run, guard)
-        record = FinetuneEpoch(
-            epoch=epoch,
-            loss=float(result.sums[0] / result.n_rows),
-            train_accuracy=float(result.sums[1] / result.n_rows),
-            seconds=round(time.perf_counter() - start, 4),
-            learning_rate=lr,
-            rounds=resolved.rounds,
-            replica_divergence=[round(d, 4) for d in result.divergence],
+        plan = EpochPlan(
+            f"{name} · epoch {epoch + 1}", data.rows(PACKED_X, PACKED_LABEL),
+            [step(i) for i in range(resolved.rounds)], (*seed_key, epoch), data.partitions,
+            resolved, batch,
         )
-        history.append(record)
-        report.event(  # as text: "fine-tune · epoch 3/10 · loss … · train acc … · 1.23 s"
-            "finetune_epoch", stage=name, epoch=epoch + 1, epochs=epochs, loss=record.loss,
-            train_accuracy=record.train_accuracy, seconds=record.seconds, learning_rate=lr,
-            rounds=record.rounds, replica_divergence=record.replica_divergence,
-        )
-        message = divergence_warning(result.max_divergence, data.partitions)
-        if message is not None and not warned:
-            warned = True
-            report.event("warning", level="warning", stage=name, message=f"{name}: {message}")
-        if checkpoint is not None:
-            records = [asdict(h) for h in history]
-            checkpoint.save(name, loop.saved_state(), epoch + 1, records, last=epoch + 1 == epochs)
-    return MLPParams.from_flat(loop.state[:size], sizes), history
+        trainer.run_epoch(plan, record)
+    return trainer.params, trainer.history

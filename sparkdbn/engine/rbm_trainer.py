@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
-import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -21,17 +21,15 @@ from sparkdbn.engine.averaging import (
     RoundResult,
     StepResult,
     can_emit,
-    epoch_rounds,
     exact_limbs,
     from_limbs,
 )
 from sparkdbn.engine.checkpoint import Checkpoint
-from sparkdbn.engine.divergence import divergence
 from sparkdbn.engine.faults import failing_first_attempt
-from sparkdbn.engine.jobinfo import described, spark_context
-from sparkdbn.engine.rounds import AveragingLoop, divergence_warning
+from sparkdbn.engine.jobinfo import spark_context
+from sparkdbn.engine.rounds import EpochResult
 from sparkdbn.engine.store import Batches, checksum_of, checksum_terms
-from sparkdbn.errors import DivergenceError
+from sparkdbn.engine.trainer import AveragingTrainer, EpochPlan
 from sparkdbn.kernels.averaging import AUTO, PRETRAINING, AveragingSettings
 from sparkdbn.kernels.rbm import (
     DTYPE,
@@ -132,12 +130,14 @@ def initial_state(params: RBMParams) -> np.ndarray:
     return np.concatenate([params.to_flat(), params.zeros_like().to_flat()])
 
 
-class LayerTrainer:
-    """State and epoch loop of one layer; the schedule decides which data each epoch sees.
+class LayerTrainer(AveragingTrainer[EpochRecord]):
+    """One RBM layer under the trainer loop; the schedule decides which data each epoch sees.
 
     With a checkpoint, the trainer starts from its saved state and epoch (if any) and saves
     after its epochs; every round's result passes the divergence guard before it is kept.
     """
+
+    error_name = "reconstruction error"
 
     def __init__(
         self,
@@ -155,40 +155,20 @@ class LayerTrainer:
         fail_partitions: frozenset[int] = frozenset(),
         averaging: AveragingSettings = AUTO,
     ) -> None:
-        self.spark = spark
         self.layer = layer
         self.cfg = cfg
         self.seed = seed
-        self.epochs = epochs
         self.run = run
-        self.pool = pool
         self.n_visible, self.n_hidden = params.n_visible, params.n_hidden
-        self.param_size = params.to_flat().size
-        self.loop = AveragingLoop(initial_state(params), self.param_size)
         self.averaging = averaging
-        self.epoch = 0
         self.log: LayerLog = run.layer(layer, self.n_visible, self.n_hidden)
         self.final_momentum = final_momentum
         self.momentum_epochs = momentum_epochs
         self.fail_partitions = fail_partitions
-        self.checkpoint = checkpoint
-        self._warned = False
-        saved = None if checkpoint is None else checkpoint.restore(self.name, self.loop.saved_size)
-        if saved is not None:
-            self.loop.restore(saved.state)
-            self.epoch = saved.epoch
-            self.log.epochs = [EpochRecord(**record) for record in saved.records]
-            run.reporter.event("resumed", layer=layer, after_epoch=self.epoch, epochs=epochs)
-
-    @property
-    def name(self) -> str:
-        """The trainer's name in the checkpoint."""
-        return f"layer_{self.layer}"
-
-    @property
-    def state(self) -> np.ndarray:
-        """[parameters, momentum buffers] of the global model."""
-        return self.loop.state
+        super().__init__(
+            spark, f"layer_{layer}", f"layer {layer}", {"layer": layer}, initial_state(params),
+            params.to_flat().size, epochs, self.log.epochs, run.reporter, checkpoint, pool,
+        )
 
     @property
     def params(self) -> RBMParams:
@@ -200,18 +180,21 @@ class LayerTrainer:
             return self.cfg
         return dataclasses.replace(self.cfg, momentum=self.final_momentum)
 
-    def _guard(self, state: np.ndarray, result: RoundResult) -> None:
-        """Raise unless the round is fit to keep."""
-        recon = float(result.sums[0] / result.n_rows)
-        first = self.log.epochs[0].recon_error if self.log.epochs else None
-        why = divergence(state, recon, first, "reconstruction error")
-        if why is not None:
-            gaussian = self.cfg.visible == "gaussian"
-            hint = " (Gaussian visible units also need standardized data)" if gaussian else ""
-            raise DivergenceError(
-                f"training diverged at layer {self.layer}, epoch {self.epoch + 1}/{self.epochs}: "
-                f"{why}; lower learning_rate{hint}"
-            )
+    def record_from(self, saved: dict[str, Any]) -> EpochRecord:
+        return EpochRecord(**saved)
+
+    def error_of(self, record: EpochRecord) -> float:
+        return record.recon_error
+
+    def remedy(self) -> str:
+        gaussian = self.cfg.visible == "gaussian"
+        hint = " (Gaussian visible units also need standardized data)" if gaussian else ""
+        return f"lower learning_rate{hint}"
+
+    def report(self, record: EpochRecord) -> None:
+        self.run.record_epoch(self.log, record, self.epochs)
+        if record.epoch + 1 >= self.epochs:
+            self.log.finished_at = self.run.now()
 
     @staticmethod
     def _verify(data: PackedData, n_rows: int, sums: np.ndarray) -> None:
@@ -219,10 +202,6 @@ class LayerTrainer:
         if data.check is not None:
             data.check.verify(n_rows, checksum_of(from_limbs(sums[1:3])))
             data.check = None
-
-    @property
-    def done(self) -> bool:
-        return self.epoch >= self.epochs
 
     def can_publish_rough(self, data: PackedData) -> bool:
         """Whether `train_epoch` can publish during the epoch here (see `EmittingRound`)."""
@@ -245,7 +224,6 @@ class LayerTrainer:
             )
         if self.log.started_at is None:
             self.log.started_at = self.run.now()
-        start = time.perf_counter()
         text = f"layer {self.layer} · epoch {self.epoch + 1}"
         seed_key = (self.seed, self.layer, self.epoch)
         cfg, checksum = self.epoch_config(), data.check is not None
@@ -286,44 +264,21 @@ class LayerTrainer:
 
         # The rounds before an emitting last round train as one stage (`epoch_rounds`).
         steps = [step(i) for i in range(averaging.rounds - (last_round is not None))]
-        with (
-            described(self.spark, text + (" + rough version" if publish else ""), self.pool),
-            epoch_rounds(
-                data.rows(PACKED_X), steps, seed_key, data.partitions, self.param_size
-            ) as rounds,
-        ):
-            result = self.loop.epoch(
-                averaging, batch, rounds.run, self._guard, last_round,
-                accept=lambda done: self._verify(data, done.n_rows, done.sums),
-            )
-        seconds = time.perf_counter() - start
-        record = EpochRecord(
-            epoch=self.epoch,
-            recon_error=float(result.sums[0] / result.n_rows),
-            seconds=round(seconds, 4),
-            rows_per_second=round(result.n_rows / seconds, 1),
-            input_version=version,
-            rounds=averaging.rounds,
-            replica_divergence=[round(d, 4) for d in result.divergence],
+        plan = EpochPlan(
+            text + (" + rough version" if publish else ""), data.rows(PACKED_X), steps,
+            seed_key, data.partitions, averaging, batch, last_round,
+            accept=lambda done: self._verify(data, done.n_rows, done.sums),
         )
-        self.run.record_epoch(self.log, record, self.epochs)
-        self._warn(result.max_divergence, data.partitions)
-        self.epoch += 1
-        if self.done:
-            self.log.finished_at = self.run.now()
-        if self.checkpoint is not None:
-            records = [asdict(r) for r in self.log.epochs]
-            self.checkpoint.save(
-                self.name, self.loop.saved_state(), self.epoch, records, last=self.done
-            )
-        return record
 
-    def _warn(self, figure: float, partitions: int) -> None:
-        """Warn once per layer when the partitions' models cancel out in the average."""
-        message = divergence_warning(figure, partitions)
-        if message is not None and not self._warned:
-            self._warned = True
-            self.run.reporter.event(
-                "warning", level="warning", layer=self.layer,
-                message=f"layer {self.layer}: {message}",
+        def record(result: EpochResult, seconds: float) -> EpochRecord:
+            return EpochRecord(
+                epoch=self.epoch,
+                recon_error=float(result.sums[0] / result.n_rows),
+                seconds=round(seconds, 4),
+                rows_per_second=round(result.n_rows / seconds, 1),
+                input_version=version,
+                rounds=averaging.rounds,
+                replica_divergence=[round(d, 4) for d in result.divergence],
             )
+
+        return self.run_epoch(plan, record)

@@ -1,21 +1,21 @@
 """ParDBN's layer-parallel schedules: upper layers train on rough representations.
 
-`pipelined`: layer l publishes a rough version of its representation after `start_after` of its
-epochs and then every `publish_every`, plus a final one. Layer l+1 starts on the first version,
-moves to the newest one at each epoch boundary, and keeps its last `final_epochs` epochs for the
-final version of its input (it waits for it if it gets there first). A rough version is, by
-default (`rough_versions = "in_epoch"`), the positive phase of the epoch it follows, written by
-that epoch's own stage: each row's P(h | v) under the weights its mini-batch met, at no extra
-pass over the data. Where that cannot run (Spark Connect, very many partitions) or with
-"after_epoch", it is a pass of its own with the epoch's averaged weights. The final version is
-always such a pass, with the final weights. Upper layers check each version they load in their
-first epoch on it instead of in a pass of its own, and keep it in Spark's cache only where
-reading it again costs more than the cache (`cache_versions`).
+`pipelined`: layer l publishes rough versions of its representation while it trains, plus a
+final one (when, and how they are written: `engine.publishing`). Layer l+1 starts on the first
+version, moves to the newest one at each epoch boundary, and keeps its last `final_epochs`
+epochs for the final version of its input (it waits for it if it gets there first). Upper
+layers check each version they load in their first epoch on it instead of in a pass of its
+own, and keep it in Spark's cache only where reading it again costs more than the cache
+(`cache_versions`).
 
 `tied`: layer 0 trains `start_after` epochs; then every upper layer starts at once, its weights
 tied to the layer below (W or Wᵀ, see `config.tie_plan`), and each publishes a version made
 with those tied weights right away, so the first inputs come through the tied stack.
 Afterwards as `pipelined`.
+
+A schedule is three pieces: its tie policy (`Untied`, `Tied`: where a layer starts), each
+layer's `Publisher` (what it publishes) and `run_layer`, which holds only when a layer trains
+and on which input.
 
 Each layer runs in its own driver thread with its own FAIR scheduler pool, so the layers'
 Spark stages share the cluster. What each layer trains on depends on timing, so only layer 0
@@ -35,13 +35,12 @@ import numpy as np
 from pyspark.sql import SparkSession
 
 from sparkdbn.config import TrainConfig, tie_plan
-from sparkdbn.data import PACKED_ID, PACKED_LABEL, PACKED_X, PackedData
+from sparkdbn.data import PackedData
 from sparkdbn.engine.checkpoint import Checkpoint
 from sparkdbn.engine.filesystem import check_shared
-from sparkdbn.engine.jobinfo import described
 from sparkdbn.engine.pretrain import initial_params, layer_trainer, pretrain_sequential
-from sparkdbn.engine.rbm_trainer import LayerTrainer, RoughPublish
-from sparkdbn.engine.representation import hidden_batches
+from sparkdbn.engine.publishing import NoPublisher, Publisher, PublishPolicy
+from sparkdbn.engine.rbm_trainer import LayerTrainer
 from sparkdbn.engine.store import RepresentationStore, Version
 from sparkdbn.kernels.rbm import RBMParams
 from sparkdbn.metrics import LayerLog, RunLog, SpanRecord
@@ -58,12 +57,6 @@ def tie(below: RBMParams, how: str) -> RBMParams:
     return RBMParams(
         np.ascontiguousarray(below.W.T), below.hbias.copy(), below.vbias.copy()
     )
-
-
-def publishes_after(epoch_done: int, cfg: TrainConfig) -> bool:
-    """Rough versions after start_after epochs, then every publish_every epochs."""
-    since = epoch_done - cfg.start_after
-    return since >= 0 and since % cfg.publish_every == 0
 
 
 @dataclass
@@ -162,69 +155,57 @@ class _Stopped(Exception):
     """Another layer failed; this one stops at its next epoch boundary."""
 
 
-def _commit_version(
-    store: RepresentationStore,
-    trainer: LayerTrainer,
-    data: PackedData,
-    cfg: TrainConfig,
-    epoch: int,
-    batches,
-    final: bool = False,
-    in_epoch: bool = False,
-    before_commit=None,
-) -> None:
-    """Publish `data` through `batches` (rows to the layer's representation) as a version made
-    after `epoch`, collect old versions, and log the span.
+class Untied:
+    """The tie policy of `sequential` and `pipelined`: each layer starts from its own seeded
+    weights."""
 
-    Probabilities are stored uncompressed, because float noise does not compress and the codec
-    only costs time, while 0/1 samples compress well.
-    """
-    started_at, start = trainer.run.now(), time.perf_counter()
-    columns = [PACKED_ID, PACKED_X] + ([PACKED_LABEL] if data.has_label else [])
-    version = store.publish(
-        data.rows(*columns),
-        trainer.n_hidden,
-        {"epoch": epoch, "final": final, **({"in_epoch": True} if in_epoch else {})},
-        batches=batches,
-        compression="none" if cfg.representation == "probabilities" else "snappy",
-        before_commit=before_commit,
-    )
-    if final:
-        store.mark_final(version)
-    store.collect_garbage()
-    seconds = round(time.perf_counter() - start, 3)
-    trainer.log.publishes.append(SpanRecord(version.number, started_at, seconds, epoch, in_epoch))
+    def __init__(self, cfg: TrainConfig) -> None:
+        self.cfg = cfg
+
+    def start(self, layer: int, resumed: bool) -> RBMParams:
+        return initial_params(self.cfg, layer)
+
+    def offer(self, trainer: LayerTrainer) -> None:
+        """Nothing waits for a layer's weights."""
+
+    def publishes_first(self, layer: int, resumed: bool) -> bool:
+        return False
 
 
-def _publish(
-    spark: SparkSession,
-    store: RepresentationStore,
-    trainer: LayerTrainer,
-    data: PackedData,
-    cfg: TrainConfig,
-    final: bool = False,
-) -> None:
-    """Write the representation of `data` under the trainer's current weights as a version;
-    the transform runs inside the write."""
-    seed_key = (cfg.seed, trainer.layer, trainer.epoch)
-    text = f"layer {trainer.layer} · publish after epoch {trainer.epoch}"
-    batches = hidden_batches(trainer.params, cfg.representation, seed_key)
-    with described(spark, text, trainer.pool):
-        _commit_version(store, trainer, data, cfg, trainer.epoch, batches, final=final)
+class Tied(Untied):
+    """The tie policy of `tied`: layer 0 offers its weights once it has trained `start_after`
+    epochs (or has finished); each upper layer that starts afresh waits for them, ties them up
+    through the layers between (W or Wᵀ, `config.tie_plan`), and publishes a version made with
+    its tied weights before it trains, so the first inputs come through the tied stack."""
+
+    def __init__(self, cfg: TrainConfig, shared: Shared) -> None:
+        super().__init__(cfg)
+        self.shared = shared
+
+    def start(self, layer: int, resumed: bool) -> RBMParams:
+        if layer == 0 or resumed:  # a resumed layer's state comes from its checkpoint
+            return super().start(layer, resumed)
+        while not self.shared.tie_ready.wait(WAIT_POLL_SECONDS):
+            if self.shared.stop.is_set():
+                raise _Stopped
+        params = self.shared.tie_params
+        for how in tie_plan(self.cfg.layers)[:layer]:
+            params = tie(params, how)
+        return params
+
+    def offer(self, trainer: LayerTrainer) -> None:
+        ready = trainer.epoch >= self.cfg.start_after or trainer.done
+        if trainer.layer == 0 and ready and not self.shared.tie_ready.is_set():
+            self.shared.tie_params = trainer.params
+            self.shared.tie_ready.set()
+
+    def publishes_first(self, layer: int, resumed: bool) -> bool:
+        return layer > 0 and not resumed
 
 
-def _rough_publish(
-    store: RepresentationStore, trainer: LayerTrainer, data: PackedData, cfg: TrainConfig
-) -> RoughPublish:
-    """Publish the coming epoch's positive phase over `data` as a rough version."""
-    epoch = trainer.epoch + 1
-
-    def write(batches, before_commit) -> None:
-        _commit_version(
-            store, trainer, data, cfg, epoch, batches, in_epoch=True, before_commit=before_commit
-        )
-
-    return RoughPublish(cfg.representation == "sample", write)
+def tie_policy(cfg: TrainConfig, shared: Shared) -> Untied:
+    """The schedule's tie policy."""
+    return Tied(cfg, shared) if cfg.schedule == "tied" else Untied(cfg)
 
 
 def make_shared(spark: SparkSession, cfg: TrainConfig, store_base: str) -> Shared:
@@ -252,27 +233,18 @@ def run_layer(
     """Train one layer under a concurrent schedule; layer 0 trains on `data`, the others on
     the store below. `sequential` here means: wait for the final version of the input.
 
-    A layer the checkpoint holds continues from its saved state and epoch on the newest
-    version in the store below (a tied layer needs no tie point then); a finished one only
-    publishes its final version again if the store lacks it (killed between the two).
+    The schedule's tie policy gives the layer's start and the publish policy its versions;
+    here is only when the layer trains and on which input. A layer the checkpoint holds
+    continues from its saved state and epoch on the newest version in the store below (a tied
+    layer needs no tie point then); a finished one only publishes its final version again if
+    the store lacks it (killed between the two).
     """
-    n_layers = len(cfg.layers) - 1
-    top = layer == n_layers - 1
-    out_store = None if top else shared.stores[layer]
     resumed = checkpoint is not None and checkpoint.has(f"layer_{layer}")
-    if layer > 0 and cfg.schedule == "tied" and not resumed:
-        while not shared.tie_ready.wait(WAIT_POLL_SECONDS):
-            if shared.stop.is_set():
-                raise _Stopped
-        params = shared.tie_params
-        for how in tie_plan(cfg.layers)[:layer]:
-            params = tie(params, how)
-    else:
-        params = initial_params(cfg, layer)
+    tying = tie_policy(cfg, shared)
+    params = tying.start(layer, resumed)
     trainer = layer_trainer(spark, cfg, layer, params, run, f"layer{layer}", checkpoint)
-    if layer == 0 and cfg.schedule == "tied" and trainer.epoch >= cfg.start_after:
-        shared.tie_params = trainer.params  # resumed past the tie point
-        shared.tie_ready.set()
+    tying.offer(trainer)
+    publisher = _publisher(spark, cfg, shared, trainer, tying.publishes_first(layer, resumed))
     source = None
     if layer > 0:
         below = shared.stores[layer - 1]
@@ -281,43 +253,24 @@ def run_layer(
     rough_limit = 0 if cfg.schedule == "sequential" else cfg.epochs - cfg.final_epochs
     try:
         current = data
-        if out_store is not None and layer > 0 and cfg.schedule == "tied" and not resumed:
+        if publisher.at_start:
             current = source.refresh()
-            _publish(spark, out_store, trainer, current, cfg)
+            publisher.publish(current)
         while not trainer.done:
             if shared.stop.is_set():
                 raise _Stopped
             if source is not None:
                 current = source.refresh(wait_for_final=trainer.epoch >= rough_limit)
             version = None if source is None else source.version.number
-            rough = (
-                out_store is not None
-                and cfg.rough_versions == "in_epoch"
-                and trainer.epoch + 1 < trainer.epochs
-                and publishes_after(trainer.epoch + 1, cfg)
-                and trainer.can_publish_rough(current)
-            )
-            if rough:
-                publish = _rough_publish(out_store, trainer, current, cfg)
-                trainer.train_epoch(current, version, publish)
-            else:
-                trainer.train_epoch(current, version)
-            if layer == 0 and cfg.schedule == "tied" and trainer.epoch == cfg.start_after:
-                shared.tie_params = trainer.params
-                shared.tie_ready.set()
-            if out_store is None:
-                continue
-            if trainer.done:
-                _publish(spark, out_store, trainer, current, cfg, final=True)
-            elif publishes_after(trainer.epoch, cfg) and not rough:
-                _publish(spark, out_store, trainer, current, cfg)
-        if out_store is not None and out_store.final() is None:
+            rough = publisher.in_epoch(current)
+            trainer.train_epoch(current, version, rough)
+            tying.offer(trainer)
+            publisher.after_epoch(current, rough is not None)
+        if publisher.lacks_final():
             if source is not None:
                 current = source.refresh(wait_for_final=True)
-            _publish(spark, out_store, trainer, current, cfg, final=True)
-        if layer == 0 and not shared.tie_ready.is_set():
-            shared.tie_params = trainer.params
-            shared.tie_ready.set()
+            publisher.publish(current, final=True)
+        tying.offer(trainer)
         shared.results[layer] = trainer.params
         return trainer.params
     finally:
@@ -325,7 +278,17 @@ def run_layer(
             source.close()
 
 
-def pretrain_concurrent(
+def _publisher(
+    spark: SparkSession, cfg: TrainConfig, shared: Shared, trainer: LayerTrainer, at_start: bool
+) -> Publisher | NoPublisher:
+    """The layer's publisher into the store above it; the top layer has none."""
+    if trainer.layer == len(cfg.layers) - 2:
+        return NoPublisher()
+    store = shared.stores[trainer.layer]
+    return Publisher(spark, store, trainer, cfg, PublishPolicy.of(cfg), at_start)
+
+
+def pretrain(
     spark: SparkSession,
     data: PackedData,
     cfg: TrainConfig,
@@ -333,7 +296,11 @@ def pretrain_concurrent(
     store_base: str,
     checkpoint: Checkpoint | None = None,
 ) -> DBNModel:
-    """All layers in their own threads, handing representations over through the store."""
+    """Pretrain the stack under `cfg.schedule`: `sequential` (or one layer) layer after
+    layer (`pretrain.pretrain_sequential`); otherwise all layers in their own threads,
+    handing representations over through the stores under `store_base`."""
+    if cfg.schedule == "sequential" or len(cfg.layers) == 2:
+        return pretrain_sequential(spark, data, cfg, run, checkpoint)
     n_layers = len(cfg.layers) - 1
     shared = make_shared(spark, cfg, store_base)
 
@@ -358,16 +325,3 @@ def pretrain_concurrent(
         raise shared.errors[0]
     layers = [shared.results[layer] for layer in range(n_layers)]
     return DBNModel(layers, cfg.visible, cfg.to_dict())
-
-
-def pretrain(
-    spark: SparkSession,
-    data: PackedData,
-    cfg: TrainConfig,
-    run: RunLog,
-    store_base: str,
-    checkpoint: Checkpoint | None = None,
-) -> DBNModel:
-    if cfg.schedule == "sequential" or len(cfg.layers) == 2:
-        return pretrain_sequential(spark, data, cfg, run, checkpoint)
-    return pretrain_concurrent(spark, data, cfg, run, store_base, checkpoint)
