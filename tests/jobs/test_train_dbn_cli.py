@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -24,6 +23,7 @@ import pytest
 
 from sparkdbn.config import FINETUNE_EPOCHS
 from sparkdbn.model import DBNModel
+from tests import conftest
 
 REPO = Path(__file__).resolve().parents[2]
 JOB = "jobs/train_dbn.py"
@@ -34,14 +34,6 @@ FLAGS = (
     "--momentum", "--weight-decay", "--batch-size", "--seed", "--partitions", "--features-col",
     "--label-col", "--config",
 )  # fmt: skip
-
-
-def job_env() -> dict[str, str]:
-    """This interpreter for driver and workers; a JVM tuned for quick start-up of tiny jobs."""
-    env = dict(os.environ, PYSPARK_PYTHON=sys.executable, PYSPARK_DRIVER_PYTHON=sys.executable)
-    env["JAVA_TOOL_OPTIONS"] = "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC"
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
-    return env
 
 
 @dataclass
@@ -61,7 +53,7 @@ def run_job(*args: str) -> Result:
     done = subprocess.run(
         [sys.executable, JOB, *args],
         cwd=REPO,
-        env=job_env(),
+        env=conftest.job_env(),
         capture_output=True,
         text=True,
         timeout=600,
