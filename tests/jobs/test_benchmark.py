@@ -27,13 +27,13 @@ FIGURES = (
 
 @pytest.mark.slow
 def test_benchmark_measures_every_figure(fashion_parquet: Path, tmp_path: Path) -> None:
-    rows, hidden = 600, 16
+    rows, hidden = 200, 16
     temp = tmp_path / "tmp"
     temp.mkdir()
     output = tmp_path / "bench.json"
     result = run_job(
         "benchmark", "--data", str(fashion_parquet / "train"), "--rows", str(rows),
-        "--hidden", str(hidden), "--repeats", "2", "--epochs", "2", "--publish-every", "1",
+        "--hidden", str(hidden), "--repeats", "2", "--epochs", "1", "--publish-every", "1",
         "--layer-core-epochs", "3", "--layer-core-publish-every", "1", "--layer-core-repeats", "1",
         "--layers", f"784,{hidden},784", "--output", str(output),
         env={"TMPDIR": str(temp)},

@@ -35,7 +35,7 @@ def trained(spark, fashion_parquet: Path, tmp_path_factory: pytest.TempPathFacto
     from sparkdbn.ml import DBNClassifier
 
     train = spark.read.parquet(str(fashion_parquet / "train"))
-    model = DBNClassifier(layers=[16], maxIter=1, finetuneEpochs=1).fit(train)
+    model = DBNClassifier(layers=[16], maxIter=1, finetuneEpochs=1, averaging="plain").fit(train)
     directory = tmp_path_factory.mktemp("predict") / "model"
     model.stack.save(directory)
     return directory, model

@@ -6,9 +6,7 @@ Only one subprocess starts Spark (~10 s); the error cases fail before Spark star
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -19,26 +17,17 @@ import pytest
 from sparkdbn.datasets import load_mnist_dir
 from sparkdbn.errors import InputError
 from sparkdbn.prepare import load_datasets, prepare_mnist, write_datasets
+from tests import conftest
 
-REPO = Path(__file__).resolve().parents[2]
-FIXTURE = REPO / "tests" / "data" / "fashion-mnist-small"
+FIXTURE = conftest.FIXTURE_DIR
 LAYOUT = pa.schema(
     [("id", pa.int64()), ("features", pa.list_(pa.float32())), ("label", pa.int32())]
 )
 
 
 def run_job(*args: str) -> subprocess.CompletedProcess[str]:
-    """The real CLI, as a user runs it, with this interpreter for the driver and workers."""
-    env = dict(os.environ, PYSPARK_PYTHON=sys.executable, PYSPARK_DRIVER_PYTHON=sys.executable)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
-    return subprocess.run(
-        [sys.executable, str(REPO / "jobs" / "prepare_data.py"), *args],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    """The real CLI, as a user runs it (tests/conftest.py's environment for jobs)."""
+    return conftest.run_job("prepare_data", *args, timeout=300)
 
 
 def read_layout(path: Path) -> pa.Table:

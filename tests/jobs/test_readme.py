@@ -3,7 +3,8 @@
 The README's shell blocks run with bash in a directory laid out as `make train` leaves the
 repository: `data/fashion-mnist` (here the sample), `dist/sparkdbn.zip`, `conf/` and `jobs/`.
 `make` lines are the set-up and are left out; `python` and `spark-submit` are the test's
-interpreter's. The Python block runs in that directory with the test session as `spark`.
+interpreter's. The Python block runs in that directory in a fresh interpreter whose session
+is `spark`, as in a notebook, beside the shell blocks.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ import re
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -51,8 +54,28 @@ def workdir(tmp_path_factory, fashion_parquet: Path, pyfiles_zip: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def shell_runs(workdir: Path) -> list[subprocess.CompletedProcess[str]]:
-    """Each shell block in order, as one bash script: later blocks use earlier outputs."""
+def python_run(workdir: Path) -> Iterator[Future]:
+    """The Python block in a notebook's setting: a fresh interpreter in that directory, `spark`
+    its session. It needs nothing the shell blocks make, so it runs beside them (each of these
+    applications mostly waits on Spark's start-up and stage latency)."""
+    (code,) = blocks("python")
+    (workdir / "block.py").write_text(code, encoding="utf-8")
+    wrapper = (
+        "from sparkdbn.session import get_session\n"
+        "spark = get_session('readme')\n"
+        "exec(compile(open('block.py').read(), 'README.md', 'exec'))\n"
+    )
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        yield pool.submit(
+            subprocess.run, [sys.executable, "-c", wrapper], cwd=workdir, env=job_env(),
+            capture_output=True, text=True, timeout=600,
+        )
+
+
+@pytest.fixture(scope="module")
+def shell_runs(workdir: Path, python_run: Future) -> list[subprocess.CompletedProcess[str]]:
+    """Each shell block in order, as one bash script: later blocks use earlier outputs. The
+    Python block (`python_run`) starts first and runs meanwhile."""
     env = job_env(PATH=os.pathsep.join([str(Path(sys.executable).parent), os.environ["PATH"]]))
     runs = []
     for body in blocks("bash"):
@@ -91,19 +114,9 @@ def test_the_quick_start_fine_tunes_and_evaluates(shell_runs, workdir: Path) -> 
         assert (workdir / "out" / layer / "layer.npz").is_file()
 
 
-def test_the_python_block_runs_in_a_session(shell_runs, workdir: Path) -> None:
+def test_the_python_block_runs_in_a_session(python_run: Future, workdir: Path) -> None:
     """In a notebook's setting: a fresh interpreter in that directory, `spark` its session."""
-    (code,) = blocks("python")
-    (workdir / "block.py").write_text(code, encoding="utf-8")
-    wrapper = (
-        "from sparkdbn.session import get_session\n"
-        "spark = get_session('readme')\n"
-        "exec(compile(open('block.py').read(), 'README.md', 'exec'))\n"
-    )
-    run = subprocess.run(
-        [sys.executable, "-c", wrapper], cwd=workdir, env=job_env(), capture_output=True,
-        text=True, timeout=600,
-    )
+    run = python_run.result()
     assert run.returncode == 0, run.stderr[-3000:]
     assert "prediction" in run.stdout  # the .show(5) table
     assert (workdir / "out" / "pipeline" / "metadata").is_dir()

@@ -1,15 +1,16 @@
 """jobs/train_dbn.py end to end: the real CLI in subprocesses, as a user runs it.
 
-Each run that needs Spark (10-20 s to start) happens once: the module fixture `spark_runs`
-queues all seven, two at a time, and each test waits for the run it looks at. Config errors
-and an existing output directory are refused before Spark starts, so those runs are fast.
+Each run that needs Spark (10-20 s to start an application) happens once: the module fixture
+`spark_runs` queues the three of SUBPROCESS two at a time and runs the other four meanwhile
+in this process, through the job's main on the test session; each test waits for the run it
+looks at. Config errors and an existing output directory are refused before Spark starts, so
+those runs are fast.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -24,6 +25,8 @@ import pytest
 
 from sparkdbn.config import FINETUNE_EPOCHS
 from sparkdbn.model import DBNModel
+from tests import conftest
+from tests.reliability.conftest import run_in_process
 
 REPO = Path(__file__).resolve().parents[2]
 JOB = "jobs/train_dbn.py"
@@ -34,14 +37,10 @@ FLAGS = (
     "--momentum", "--weight-decay", "--batch-size", "--seed", "--partitions", "--features-col",
     "--label-col", "--config",
 )  # fmt: skip
-
-
-def job_env() -> dict[str, str]:
-    """This interpreter for driver and workers; a JVM tuned for quick start-up of tiny jobs."""
-    env = dict(os.environ, PYSPARK_PYTHON=sys.executable, PYSPARK_DRIVER_PYTHON=sys.executable)
-    env["JAVA_TOOL_OPTIONS"] = "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC"
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
-    return env
+# Runs in a process of their own: the real CLI trains (flags, and a TOML file whose model must
+# equal the flags' to the bit), and bad data found once Spark is up gives exit 2 with one
+# `error:` line. The other runs of `run_argv` go through the job's main in this process.
+SUBPROCESS = {"train", "toml", "bad_value"}
 
 
 @dataclass
@@ -56,12 +55,18 @@ class Result:
         return lines[-1] if lines else ""
 
 
+def in_process(*args: str) -> Result:
+    """The job's main with `args` on the test session, through the same `cli.run`."""
+    done = run_in_process("train_dbn", *args)
+    return Result(done.returncode, done.stdout, done.stderr)
+
+
 def run_job(*args: str) -> Result:
     """The CLI run to completion, with this interpreter for the driver and the workers."""
     done = subprocess.run(
         [sys.executable, JOB, *args],
         cwd=REPO,
-        env=job_env(),
+        env=conftest.job_env(),
         capture_output=True,
         text=True,
         timeout=600,
@@ -104,9 +109,8 @@ def out_dir(root: Path, name: str) -> Path:
     return root / "runs" / name / "out"
 
 
-@pytest.fixture(scope="module")
-def spark_runs(root: Path, datasets: dict[str, Path]) -> Iterator[dict[str, Future[Result]]]:
-    """Every run that starts Spark, queued two at a time (the machine has 2 cores).
+def run_argv(root: Path, datasets: dict[str, Path]) -> dict[str, list[str]]:
+    """Every run that starts Spark, by name, without its --output.
 
     `--learning-rate 0.05` (not the default) also comes from the TOML file, so the TOML run
     must equal `train` to the bit.
@@ -121,7 +125,7 @@ def spark_runs(root: Path, datasets: dict[str, Path]) -> Iterator[dict[str, Futu
         encoding="utf-8",
     )
     pretrain_only = ["--finetune-epochs", "0"]
-    argv = {
+    return {
         "train": ["--train", good, "--test", good, *common, "--seed", "7"],
         "toml": ["--config", str(config), "--epochs", "2"],
         "other_seed": ["--train", good, *common, "--seed", "8", *pretrain_only],
@@ -130,11 +134,25 @@ def spark_runs(root: Path, datasets: dict[str, Path]) -> Iterator[dict[str, Futu
         "missing_path": ["--train", str(root / "no-such-data"), "--layers", "16,8"],
         "width_mismatch": ["--train", good, "--layers", "17,8", "--epochs", "1"],
     }
+
+
+@pytest.fixture(scope="module")
+def spark_runs(
+    spark, root: Path, datasets: dict[str, Path]
+) -> Iterator[dict[str, Future[Result]]]:
+    """The runs in their own processes, queued two at a time (the machine has 2 cores); the
+    others run in this process on the test session, meanwhile, through the same `cli.run`."""
+    argv = run_argv(root, datasets)
     with ThreadPoolExecutor(max_workers=2) as pool:
-        yield {
-            name: pool.submit(run_job, *args, "--output", str(out_dir(root, name)))
-            for name, args in argv.items()
+        runs = {
+            name: pool.submit(run_job, *argv[name], "--output", str(out_dir(root, name)))
+            for name in SUBPROCESS
         }
+        for name in argv.keys() - SUBPROCESS:
+            done = Future()
+            done.set_result(in_process(*argv[name], "--output", str(out_dir(root, name))))
+            runs[name] = done
+        yield runs
         pool.shutdown(cancel_futures=True)
 
 

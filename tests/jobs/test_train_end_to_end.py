@@ -1,5 +1,8 @@
 """The main job end to end on the real Fashion-MNIST sample: pretrain, fine-tune, evaluate,
-beat the random-initialization baseline, and reload to the very same predictions."""
+beat the random-initialization baseline, and reload to the very same predictions.
+
+evaluate.py runs in this process, on the test session (its CLI as a process is tested in
+test_batch_jobs.py and test_readme.py)."""
 
 from __future__ import annotations
 
@@ -12,6 +15,7 @@ import pytest
 from sparkdbn.datasets import load_mnist_dir
 from sparkdbn.model import DBNModel
 from tests.conftest import FIXTURE_DIR, run_job
+from tests.reliability.conftest import run_in_process
 
 ACCURACY_FLOOR = 0.55  # observed 0.616 (baseline 0.47) on the 500 test images; chance is 0.10
 
@@ -43,12 +47,12 @@ def test_accuracy_floor_and_baseline(trained: Path) -> None:
         assert (trained / name).stat().st_size > 0
 
 
-def test_reloaded_model_gives_identical_predictions(trained: Path, fashion_parquet: Path,
+def test_reloaded_model_gives_identical_predictions(spark, trained: Path, fashion_parquet: Path,
                                                     tmp_path: Path) -> None:
     """evaluate.py on the saved model reproduces the training run's confusion matrix exactly,
     and numpy predictions of the reloaded model agree with it row by row."""
     out = tmp_path / "eval.json"
-    result = run_job(
+    result = run_in_process(
         "evaluate", "--model", str(trained / "model"), "--data", str(fashion_parquet / "test"),
         "--output", str(out),
     )

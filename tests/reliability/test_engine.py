@@ -82,7 +82,7 @@ def test_nan_in_the_first_round_is_caught(spark, train_path, tmp_path) -> None:
     """Learning rate 1e6 turns the very first round into NaN: DivergenceError for layer 0,
     epoch 1, and no checkpoint, since no epoch was good."""
     cfg = TrainConfig(layers=[784, 8], visible="gaussian", learning_rate=1e6, epochs=2,
-                      partitions=2).validate()
+                      partitions=2, averaging="plain").validate()
     checkpoint = Checkpoint(tmp_path / "ck", cfg.to_dict(), 1)
     with pytest.raises(DivergenceError) as caught:
         train(spark, cfg, str(tmp_path / "store"), train_path, out=io.StringIO(),
@@ -117,7 +117,7 @@ def test_tied_schedule_resumes_past_the_tie_point(spark, train_path, tmp_path) -
     tied run skips those epochs, ties layer 1 to layer 0 at once, and ends with layer 0
     bit-identical to an uninterrupted run (layer 1 depends on timing, as always)."""
     cfg = TrainConfig(layers=[784, 16, 784], epochs=3, schedule="tied", start_after=1,
-                      final_epochs=1, partitions=2, seed=5).validate()
+                      final_epochs=1, partitions=2, seed=5, averaging="plain").validate()
     data = prepare(spark, train_path, partitions=2)
     try:
         full_run = RunLog("tied", io.StringIO())

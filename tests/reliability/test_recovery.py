@@ -37,7 +37,6 @@ ARGS = (
     "--finetune-epochs", str(FINETUNE_EPOCHS), "--checkpoint-every", "1", "--seed", "3",
     "--averaging", "nesterov", "--rounds-per-epoch", str(ROUNDS),
 )  # fmt: skip
-QUICK_JVM = {"JAVA_TOOL_OPTIONS": "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC"}
 POLL_SECONDS = 0.02
 KILL_DEADLINE_SECONDS = 600
 MODEL_FILES = ("layer_0.npz", "layer_1.npz", "classifier.npz")
@@ -93,11 +92,11 @@ class Chain:
 
 def kill_and_resume(train: str, out: Path) -> Chain:
     args = ("--train", train, "--output", str(out), *ARGS)
-    proc = start_job("train_dbn", *args, env=QUICK_JVM)
+    proc = start_job("train_dbn", *args)
     first, _ = kill_when(proc, out, lambda m: epoch(m, "layer_0") >= 2)
-    proc = start_job("train_dbn", *args, "--if-exists", "resume", env=QUICK_JVM)
+    proc = start_job("train_dbn", *args, "--if-exists", "resume")
     second, resumed_stdout = kill_when(proc, out, lambda m: epoch(m, "fine-tune") >= 1)
-    final = run_job("train_dbn", *args, "--if-exists", "resume", env=QUICK_JVM)
+    final = run_job("train_dbn", *args, "--if-exists", "resume")
     return Chain(first, second, resumed_stdout, final)
 
 
@@ -122,7 +121,7 @@ def runs(fashion_parquet: Path, tmp_path_factory: pytest.TempPathFactory) -> Ite
         (root / name).mkdir()
         return root / name / "out"
 
-    def train_dbn(name: str, *args: str, env: dict[str, str] = QUICK_JVM) -> Any:
+    def train_dbn(name: str, *args: str, env: dict[str, str] | None = None) -> Any:
         return run_job("train_dbn", "--train", train, "--output", str(out(name)), *args, env=env)
 
     with ThreadPoolExecutor(max_workers=2) as pool:
@@ -130,7 +129,7 @@ def runs(fashion_parquet: Path, tmp_path_factory: pytest.TempPathFactory) -> Ite
         futures["reference"] = pool.submit(train_dbn, "reference", *ARGS)
         futures["faults"] = pool.submit(
             train_dbn, "faults", *ARGS, "--fault-injection", "partition:1",
-            env={**QUICK_JVM, "SPARKDBN_MASTER": "local[2,4]"},
+            env={"SPARKDBN_MASTER": "local[2,4]"},
         )
         yield Runs(root, train, futures)
         pool.shutdown(cancel_futures=True)
