@@ -78,9 +78,8 @@ LAYERS = {
     },
     "engine": {"engine"},  # and every engine.* module
     "front": {
-        "ml", "outputs", "plots", "prepare", "scaling", "session", "cli",
-        "resources.sparkdbn_daemon", "bench", "bench.common", "bench.references",
-        "bench.epochs", "bench.layer_core", "bench.suite",
+        "ml", "outputs", "plots", "prepare", "scaling", "benchmark", "session", "cli",
+        "resources.sparkdbn_daemon",
     },
     "jobs": {"jobs"},  # and every jobs.* module
 }
