@@ -1,7 +1,8 @@
-"""A run's outputs: OUTPUT/model, metrics.json, evaluation.txt and the pictures.
+"""A run's outputs: OUTPUT/model, metrics.json, evaluation.txt and the pictures; and one
+layer's: OUTPUT/layer.npz and metrics.json.
 
-Written from a finished `TrainingResult` and committed together by one rename, so a reader
-sees all of them or none. The engine trains and knows nothing of this module.
+Written from a finished `TrainingResult` (or layer) and committed together by one rename, so a
+reader sees all of them or none. The engine trains and knows nothing of this module.
 """
 
 from __future__ import annotations
@@ -11,8 +12,12 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from sparkdbn.engine.training import TrainingResult
 from sparkdbn.fsutil import atomic_directory
+from sparkdbn.kernels.rbm import RBMParams
+from sparkdbn.metrics import RunLog
 from sparkdbn.plots import write_pictures
 
 
@@ -41,3 +46,10 @@ def write_outputs(result: TrainingResult, output: str | Path) -> None:
         if result.evaluation is not None:
             (tmp / "evaluation.txt").write_text(result.evaluation.table() + "\n", encoding="utf-8")
         write_pictures(result, tmp)
+
+
+def write_layer(params: RBMParams, log: RunLog, output: str | Path) -> None:
+    """OUTPUT/layer.npz (W, vbias, hbias) and OUTPUT/metrics.json, committed by one rename."""
+    with atomic_directory(output) as tmp:
+        np.savez(tmp / "layer.npz", W=params.W, vbias=params.vbias, hbias=params.hbias)
+        (tmp / "metrics.json").write_text(log.to_json(), encoding="utf-8")

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
@@ -187,3 +190,25 @@ def default_store(output: str | Path) -> Path:
     """Where rough representations go when --store is not given: beside the output, hidden."""
     target = Path(output).resolve()
     return target.with_name(f".{target.name}.store")
+
+
+@contextmanager
+def training_store(cfg: TrainConfig, checkpoint: Checkpoint) -> Iterator[str]:
+    """The store a run trains with: --store as given, or its own `default_store`.
+
+    Its own store starts empty unless a checkpoint resumes from its versions, is kept when a
+    failed run leaves a checkpoint to resume from, and is removed otherwise.
+    """
+    if cfg.store:
+        yield cfg.store
+        return
+    store = default_store(cfg.output)
+    if not checkpoint.exists():
+        shutil.rmtree(store, ignore_errors=True)  # a killed run's versions: not for a fresh run
+    try:
+        yield str(store)
+    except BaseException:
+        if not checkpoint.exists():  # else kept: a resumed run reads its versions
+            shutil.rmtree(store, ignore_errors=True)
+        raise
+    shutil.rmtree(store, ignore_errors=True)

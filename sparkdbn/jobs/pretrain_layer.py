@@ -22,13 +22,11 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-import numpy as np
-
 from sparkdbn.cli import JobParser, run
 from sparkdbn.config import add_arguments, config_from_args
 from sparkdbn.engine.checkpoint import Checkpoint, checkpoint_dir
 from sparkdbn.errors import InputError
-from sparkdbn.fsutil import RESUMABLE_IF_EXISTS, atomic_directory, check_target
+from sparkdbn.fsutil import RESUMABLE_IF_EXISTS, check_target
 from sparkdbn.logs import Reporter
 
 
@@ -81,39 +79,15 @@ def main(argv: list[str] | None = None) -> None:
         return
     checkpoint.prepare(cfg.if_exists)
 
-    from sparkdbn.engine.schedules import caches_versions, make_shared, run_layer
-    from sparkdbn.engine.training import prepare_training_data
-    from sparkdbn.metrics import RunLog
+    from sparkdbn.engine.one_layer import pretrain_one_layer
+    from sparkdbn.outputs import write_layer
     from sparkdbn.session import get_session
 
     spark = get_session(f"sparkdbn pretrain_layer {args.layer}")
-    data = None
-    if args.layer == 0:
-        data = prepare_training_data(spark, cfg, cfg.train)
-        checkpoint.check_data(data.shape)
-    shared = make_shared(spark, cfg, cfg.store)
-    shared.wait_timeout = args.wait_timeout
-    log = RunLog(cfg.schedule, reporter=reporter)
-    reporter.event("ready", layer=args.layer)  # orchestrators may start the layer below now
-    below = shared.stores[args.layer - 1] if args.layer > 0 else None
-    if below is not None and below.latest() is None:
-        from sparkdbn.engine.pretrain import cd_config
-        from sparkdbn.engine.warmup import warm_up
-
-        seconds = warm_up(
-            spark, below, f"layer{args.layer}", cfg.layers[args.layer],
-            cfg.layers[args.layer + 1], cd_config(cfg, args.layer), cfg.partitions,
-            caches_versions(cfg, below),
-        )
-        reporter.event("warmed_up", layer=args.layer, seconds=round(seconds, 2),
-                       text=f"layer {args.layer} warmed up in {seconds:.1f} s, waiting for input")
-    params = run_layer(spark, args.layer, data, cfg, log, shared, checkpoint)
-    with atomic_directory(cfg.output) as tmp:
-        np.savez(tmp / "layer.npz", W=params.W, vbias=params.vbias, hbias=params.hbias)
-        log.extra["layer"] = args.layer
-        if checkpoint.resumed:
-            log.extra["resumed_after_epochs"] = dict(checkpoint.resumed)
-        (tmp / "metrics.json").write_text(log.to_json(), encoding="utf-8")
+    params, log = pretrain_one_layer(
+        spark, cfg, args.layer, checkpoint, args.wait_timeout, reporter
+    )
+    write_layer(params, log, cfg.output)
     checkpoint.remove()
     reporter.event(
         "done", output=cfg.output, layer=args.layer,

@@ -16,7 +16,6 @@ Exit codes: 0 success, 2 bad input or config, or training diverged (one line on 
 
 from __future__ import annotations
 
-import shutil
 import sys
 from pathlib import Path
 
@@ -59,24 +58,14 @@ def main(argv: list[str] | None = None) -> None:
     check_target(cfg.output, cfg.if_exists, RESUMABLE_IF_EXISTS)
     checkpoint.prepare(cfg.if_exists)
 
-    from sparkdbn.engine.training import default_store, train
+    from sparkdbn.engine.training import train, training_store
     from sparkdbn.metrics import gantt
     from sparkdbn.outputs import write_outputs
     from sparkdbn.session import get_session
 
     spark = get_session("sparkdbn train_dbn")
-    own_store = cfg.store is None
-    store = cfg.store or str(default_store(cfg.output))
-    if own_store and not checkpoint.exists():
-        shutil.rmtree(store, ignore_errors=True)  # a killed run's versions: not for a fresh run
-    try:
+    with training_store(cfg, checkpoint) as store:
         result = train(spark, cfg, store, checkpoint=checkpoint, reporter=reporter)
-    except BaseException:
-        if own_store and not checkpoint.exists():  # else kept: a resumed run reads its versions
-            shutil.rmtree(store, ignore_errors=True)
-        raise
-    if own_store:
-        shutil.rmtree(store, ignore_errors=True)
     write_outputs(result, cfg.output)
     checkpoint.remove()
     reporter.event("timeline", text=gantt(result.run), **result.run.timeline())

@@ -13,7 +13,6 @@ import os
 import signal
 import subprocess
 import sys
-import venv
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,6 +22,7 @@ import pytest
 
 from sparkdbn.model import DBNModel
 from tests.conftest import REPO, job_env, start_job
+from tests.jobs.conftest import assert_from_wheel, wheel_env
 from tests.reliability.conftest import run_in_process
 
 pytestmark = pytest.mark.slow
@@ -64,45 +64,11 @@ def events(stdout: str) -> list[dict]:
     return [json.loads(line) for line in stdout.splitlines() if line.startswith("{")]
 
 
-@pytest.fixture(scope="module")
-def wheel_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A virtualenv outside the checkout with sparkdbn from its wheel alone; pyspark, numpy and
-    pyarrow come from this interpreter's site-packages through a path file (which, unlike a
-    site directory, does not run the checkout's editable-install hook)."""
-    root = tmp_path_factory.mktemp("wheel")
-    subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "-w", str(root / "dist"),
-         str(REPO)], check=True, capture_output=True, text=True, timeout=300,
-    )
-    env_dir = root / "venv"
-    venv.create(env_dir, with_pip=False)
-    python = env_dir / "bin" / "python"
-    site = subprocess.run(
-        [python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-        check=True, capture_output=True, text=True,
-    ).stdout.strip()
-    ours = next(p for p in sys.path if p.endswith("site-packages"))
-    Path(site, "base_packages.pth").write_text(ours + "\n")
-    wheel = next((root / "dist").glob("sparkdbn-*.whl"))
-    subprocess.run(
-        [sys.executable, "-m", "pip", "--python", str(python), "install", "--quiet",
-         "--no-deps", str(wheel)],
-        check=True, capture_output=True, text=True, timeout=300,
-    )
-    return env_dir
-
-
 def test_console_script_from_a_wheel_writes_the_ml_models_predictions(
     wheel_venv: Path, trained, expected, fashion_parquet: Path, tmp_path: Path
 ) -> None:
-    python = wheel_venv / "bin" / "python"
-    env = {k: v for k, v in job_env().items() if k != "PYTHONPATH"}
-    env.update(PYSPARK_PYTHON=str(python), PYSPARK_DRIVER_PYTHON=str(python))
-    where = subprocess.run(
-        [python, "-c", "import sparkdbn; print(sparkdbn.__file__)"], cwd=tmp_path, env=env,
-        check=True, capture_output=True, text=True,
-    ).stdout.strip()
-    assert Path(where).is_relative_to(wheel_venv), where
+    env = wheel_env(wheel_venv)
+    assert_from_wheel(wheel_venv, tmp_path)
     output = tmp_path / "scored"
     result = subprocess.run(
         [wheel_venv / "bin" / "sparkdbn-predict", "--model", str(trained[0]), "--data",
