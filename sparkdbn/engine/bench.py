@@ -1,4 +1,4 @@
-"""Spark-side measurements for jobs/benchmark.py: epochs through the engine and schedules.
+"""Spark-side measurements for `sparkdbn.bench`: epochs through the engine and schedules.
 
 They measure the engine against the machine, so an epoch here is the paper's: one averaging
 round over all rows (`plain`), the same work as the numpy reference epoch. What the default's

@@ -78,8 +78,9 @@ LAYERS = {
     },
     "engine": {"engine"},  # and every engine.* module
     "front": {
-        "ml", "outputs", "plots", "prepare", "scaling", "benchmark", "session", "cli",
-        "resources.sparkdbn_daemon",
+        "ml", "outputs", "plots", "prepare", "scaling", "session", "cli",
+        "resources.sparkdbn_daemon", "bench", "bench.common", "bench.references",
+        "bench.epochs", "bench.layer_core", "bench.suite",
     },
     "jobs": {"jobs"},  # and every jobs.* module
 }
