@@ -21,7 +21,7 @@ install: $(VENV)/.installed
 $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[spark,test,bench,plots]'
+	$(PY) -m pip install --quiet -e '.[spark,test,bench,plots,mlflow]'
 	touch $@
 
 # Debian's dataset-fashion-mnist holds the official files; fetched only when missing.
