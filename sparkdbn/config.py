@@ -242,6 +242,20 @@ class TrainConfig:
         "first attempt (Spark retries need spark.task.maxFailures > 1)",
         FAULT_SPEC,
     )
+    mlflow: bool | None = setting(
+        None,
+        "log the run to MLflow: settings, per-epoch metrics, outputs and a servable model "
+        "(needs sparkdbn[mlflow]; default: on when mlflow_tracking_uri, mlflow_experiment or "
+        "MLFLOW_TRACKING_URI is set, or an MLflow run is active)",
+    )
+    mlflow_tracking_uri: str | None = setting(
+        None, "MLflow tracking URI, e.g. sqlite:///mlflow.db (default: MLflow's own, "
+        "MLFLOW_TRACKING_URI if set)",
+    )
+    mlflow_experiment: str | None = setting(
+        None, "MLflow experiment, created if missing (default: MLflow's own, "
+        "MLFLOW_EXPERIMENT_NAME if set, or the active run's)",
+    )
 
     def validate(self, source: Source = CONFIG) -> TrainConfig:
         """Every setting against its rule, then the rules between settings."""

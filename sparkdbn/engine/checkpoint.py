@@ -38,8 +38,12 @@ FORMAT = "sparkdbn-checkpoint"
 FORMAT_VERSION = 1
 MANIFEST = "checkpoint.json"
 # Settings that may change between a run and its resume: those that steer the run but not its
-# model, and the output, which names the checkpoint (so "out" and "./out" are the same run).
-RUN_CONTROL = ("if_exists", "checkpoint_every", "fault_injection", "output")
+# model (tracking among them), and the output, which names the checkpoint (so "out" and "./out"
+# are the same run).
+RUN_CONTROL = (
+    "if_exists", "checkpoint_every", "fault_injection", "output", "mlflow",
+    "mlflow_tracking_uri", "mlflow_experiment",
+)
 
 
 @dataclass

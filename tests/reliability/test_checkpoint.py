@@ -88,8 +88,8 @@ def test_a_leftover_checkpoint_is_refused_or_cleared(tmp_path: Path) -> None:
 
 
 def test_resume_needs_the_same_config_except_run_control(tmp_path: Path) -> None:
-    """Differing settings are named with both values; if_exists, checkpoint_every and
-    fault_injection may change."""
+    """Differing settings are named with both values; if_exists, checkpoint_every,
+    fault_injection and the MLflow tracking settings may change."""
     directory = tmp_path / "ck"
     saved_checkpoint(directory)
     other = {**CONFIG, "epochs": 5, "seed": 1}
@@ -98,7 +98,7 @@ def test_resume_needs_the_same_config_except_run_control(tmp_path: Path) -> None
     )):
         Checkpoint(directory, other, 1).prepare("resume")
     control = {**CONFIG, "if_exists": "resume", "checkpoint_every": 3,
-               "fault_injection": "partition:1"}
+               "fault_injection": "partition:1", "mlflow": True, "mlflow_experiment": "dbn"}
     resumed = Checkpoint(directory, control, 3)
     resumed.prepare("resume")
     assert resumed.restore("layer_0", SIZE).epoch == 1

@@ -45,7 +45,7 @@ KEYS = [
     "finetune_weight_decay", "finetune_batch_size", "finetune_dropout", "finetune_lr_decay",
     "finetune_lr_schedule", "n_classes", "baseline", "baseline_learning_rate", "seed",
     "partitions", "features_col", "label_col", "if_exists", "checkpoint_every",
-    "fault_injection",
+    "fault_injection", "mlflow", "mlflow_tracking_uri", "mlflow_experiment",
 ]
 PRETRAIN_PARAMS = [
     "averaging", "batchSize", "blockLearningRate", "blockMomentum", "checkpointDir",
