@@ -47,7 +47,9 @@ class Reporter:
     """Renders a job's events as text lines or JSON lines.
 
     `out` is the stream (default: sys.stdout at the time of writing); `write`, a callable
-    taking one line, replaces it (to wrap a plain `say`/`report` function).
+    taking one line, replaces it (to wrap a plain `say`/`report` function). `observer`, if
+    given, also gets every event with its fields: the one place where a run's progress can be
+    followed by something else (MLflow tracking, `sparkdbn.tracking`).
     """
 
     def __init__(
@@ -56,6 +58,7 @@ class Reporter:
         log_format: str = "text",
         out: TextIO | None = None,
         write: Callable[[str], Any] | None = None,
+        observer: Callable[[str, dict[str, Any]], None] | None = None,
     ) -> None:
         if log_format not in LOG_FORMATS:
             raise ValueError(f"log format must be one of {LOG_FORMATS}, got {log_format!r}")
@@ -63,7 +66,12 @@ class Reporter:
         self.log_format = log_format
         self.out = out
         self._write = write
+        self._observer = observer
         self._lock = threading.Lock()
+
+    def observed(self, observer: Callable[[str, dict[str, Any]], None]) -> Reporter:
+        """This reporter, whose events `observer` also gets."""
+        return Reporter(self.job, self.log_format, self.out, self._write, observer)
 
     @property
     def is_json(self) -> bool:
@@ -73,6 +81,8 @@ class Reporter:
               **fields: Any) -> None:
         """Report one event. In text mode `text` (if given) replaces the standard rendering;
         text="" reports the event in JSON only (its content was already shown as text)."""
+        if self._observer is not None:
+            self._observer(event, fields)
         if self.is_json:
             record = {"ts": utc_now(), "level": level, "job": self.job, "event": event}
             record.update(fields)

@@ -126,6 +126,7 @@ def train(
         if checkpoint is not None:
             checkpoint.check_data(packed.shape)
         run = RunLog(cfg.schedule, out=out, reporter=reporter)
+        run.extra["partitions"] = packed.partitions
         model = pretrain(spark, packed, cfg, run, store, checkpoint)
         result = TrainingResult(model, run)
         if supervised:
