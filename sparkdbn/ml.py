@@ -69,6 +69,7 @@ from sparkdbn.engine.filesystem import filesystem
 from sparkdbn.engine.training import TrainingResult, train
 from sparkdbn.errors import InputError
 from sparkdbn.kernels.mlp import class_scores
+from sparkdbn.logs import Reporter
 from sparkdbn.outputs import metrics_dict
 from sparkdbn.settings import (
     CLASSIFIER,
@@ -80,6 +81,7 @@ from sparkdbn.settings import (
     check,
     stage_source,
 )
+from sparkdbn.tracking import tracking_for
 
 __all__ = ["DBN", "RBM", "DBNClassificationModel", "DBNClassifier", "DBNModel", "RBMModel"]
 
@@ -326,7 +328,8 @@ def _config(stage: Params, width: int, hidden: list[int]) -> TrainConfig:
 
 
 def _train(stage: Params, dataset: DataFrame, hidden: list[int], label: bool) -> TrainingResult:
-    """Check the params, build the TrainConfig and run the engine quietly."""
+    """Check the params, build the TrainConfig and run the engine quietly, tracked in MLflow
+    when a run is active or MLFLOW_TRACKING_URI is set (`sparkdbn.tracking`)."""
     _check_params(stage)
     if label and stage.getOrDefault("labelCol") not in dataset.columns:
         raise InputError(
@@ -343,14 +346,25 @@ def _train(stage: Params, dataset: DataFrame, hidden: list[int], label: bool) ->
     spark = dataset.sparkSession
     base = stage.getStorePath() if isinstance(stage, _StackParams) else None
     directory = stage.getCheckpointDir()
-    if directory is None:
-        with _store(spark, base, stage.uid) as store:
-            return train(spark, cfg, store, train_data=dataset.select(*columns), out=io.StringIO())
-    return _train_checkpointed(spark, cfg, dataset.select(*columns), Path(directory), base)
+    tracking = tracking_for(cfg)
+    reporter = tracking.watch(Reporter(out=io.StringIO()))
+    with tracking.run(spark, type(stage).__name__):
+        if directory is None:
+            with _store(spark, base, stage.uid) as store:
+                result = train(
+                    spark, cfg, store, train_data=dataset.select(*columns), reporter=reporter
+                )
+        else:
+            result = _train_checkpointed(
+                spark, cfg, dataset.select(*columns), Path(directory), base, reporter
+            )
+        tracking.log_outputs(result)
+    return result
 
 
 def _train_checkpointed(
-    spark: SparkSession, cfg: TrainConfig, data: DataFrame, directory: Path, base: str | None
+    spark: SparkSession, cfg: TrainConfig, data: DataFrame, directory: Path, base: str | None,
+    reporter: Reporter,
 ) -> TrainingResult:
     """A fit that saves its state in `directory` and continues from it when fitted again.
 
@@ -361,7 +375,7 @@ def _train_checkpointed(
     checkpoint.prepare("resume")
     key = hashlib.sha256(str(directory.resolve()).encode()).hexdigest()[:12]
     store = f"{base.rstrip('/')}/checkpointed-{key}" if base else str(directory / "store")
-    result = train(spark, cfg, store, train_data=data, out=io.StringIO(), checkpoint=checkpoint)
+    result = train(spark, cfg, store, train_data=data, checkpoint=checkpoint, reporter=reporter)
     if base is None:
         filesystem(spark, store).delete(store, recursive=True)
     checkpoint.remove()

@@ -56,17 +56,23 @@ def main(argv: list[str] | None = None) -> None:
         )
         return
     check_target(cfg.output, cfg.if_exists, RESUMABLE_IF_EXISTS)
-    checkpoint.prepare(cfg.if_exists)
 
     from sparkdbn.engine.training import train, training_store
     from sparkdbn.metrics import gantt
     from sparkdbn.outputs import write_outputs
     from sparkdbn.session import get_session
+    from sparkdbn.tracking import tracking_for
 
+    tracking = tracking_for(cfg)
+    checkpoint.prepare(cfg.if_exists)
     spark = get_session("sparkdbn train_dbn")
-    with training_store(cfg, checkpoint) as store:
-        result = train(spark, cfg, store, checkpoint=checkpoint, reporter=reporter)
-    write_outputs(result, cfg.output)
+    with tracking.run(spark, "train_dbn"):
+        with training_store(cfg, checkpoint) as store:
+            result = train(
+                spark, cfg, store, checkpoint=checkpoint, reporter=tracking.watch(reporter)
+            )
+        write_outputs(result, cfg.output)
+        tracking.log_outputs(result, cfg.output)
     checkpoint.remove()
     reporter.event("timeline", text=gantt(result.run), **result.run.timeline())
     if result.evaluation is not None:

@@ -78,7 +78,7 @@ LAYERS = {
     },
     "engine": {"engine"},  # and every engine.* module
     "front": {
-        "ml", "outputs", "plots", "prepare", "scaling", "session", "cli",
+        "ml", "outputs", "plots", "prepare", "scaling", "session", "cli", "tracking", "serving",
         "resources.sparkdbn_daemon", "bench", "bench.common", "bench.references",
         "bench.epochs", "bench.layer_core", "bench.suite",
     },
