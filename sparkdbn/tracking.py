@@ -17,6 +17,7 @@ traceback as error.txt.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import sys
 import tempfile
@@ -74,14 +75,12 @@ def tracking_for(cfg: TrainConfig) -> Tracking:
     is a bad-input error, not a failure after training."""
     if not tracking_on(cfg):
         return Tracking()
-    try:
-        import mlflow  # noqa: F401  (checked here, used by MlflowTracking)
-    except ImportError as err:
+    if importlib.util.find_spec("mlflow") is None:
         raise InputError(
             "MLflow tracking is on (setting mlflow, mlflow_tracking_uri or mlflow_experiment, "
-            "MLFLOW_TRACKING_URI or an active run) but mlflow is not installed: "
-            "pip install 'sparkdbn[mlflow]'"
-        ) from err
+            "or MLFLOW_TRACKING_URI) but mlflow is not installed: pip install "
+            "'sparkdbn[mlflow]', or turn tracking off with --no-mlflow (mlflow = false)"
+        )
     return MlflowTracking(cfg)
 
 
