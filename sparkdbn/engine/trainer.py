@@ -76,7 +76,7 @@ class AveragingTrainer(ABC, Generic[R]):
         self._warned = False
         saved = None if checkpoint is None else checkpoint.restore(name, self.loop.saved_size)
         if saved is not None:
-            self.loop.restore(saved.state)
+            self.loop.restore(saved.state, saved.local)
             self.epoch = saved.epoch
             self.records[:] = [self.record_from(record) for record in saved.records]
             reporter.event("resumed", **where, after_epoch=self.epoch, epochs=epochs)
@@ -127,7 +127,8 @@ class AveragingTrainer(ABC, Generic[R]):
         if self.checkpoint is not None:
             records = [asdict(r) for r in self.records]
             self.checkpoint.save(
-                self.name, self.loop.saved_state(), self.epoch, records, last=self.done
+                self.name, self.loop.saved_state(), self.epoch, records, last=self.done,
+                local=self.loop.local,
             )
         return kept
 
