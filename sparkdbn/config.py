@@ -29,7 +29,7 @@ from sparkdbn.kernels.averaging import (
     AveragingSettings,
 )
 from sparkdbn.kernels.mlp import LR_SCHEDULES, SGDConfig
-from sparkdbn.kernels.rbm import VISIBLE_TYPES, CDConfig
+from sparkdbn.kernels.rbm import CD_VARIANTS, VISIBLE_TYPES, CDConfig
 from sparkdbn.settings import (
     CLASSIFIER,
     CONFIG,
@@ -97,6 +97,12 @@ class TrainConfig:
     )
     epochs: int = _pretrain(10, "pretraining epochs per layer", POSITIVE, param="maxIter")
     k: int = _pretrain(CDConfig.k, "Gibbs steps of CD-k", POSITIVE)
+    cd: str = _pretrain(
+        CDConfig.cd,
+        "where the negative phase starts: cd (CD-k, at the mini-batch's rows) | pcd (persistent "
+        "CD, Tieleman 2008: at each partition's chains, kept across mini-batches and epochs)",
+        one_of(CD_VARIANTS),
+    )
     learning_rate: float = _pretrain(CDConfig.learning_rate, "CD learning rate", POSITIVE)
     momentum: float = _pretrain(
         CDConfig.momentum, "CD momentum of the first momentum_epochs epochs", FRACTION

@@ -25,6 +25,7 @@ def cd_config(cfg: TrainConfig, layer: int) -> CDConfig:
         batch_size=cfg.batch_size,
         visible=cfg.visible if layer == 0 else "bernoulli",
         sample_visible=cfg.sample_visible,
+        cd=cfg.cd,
     )
 
 

@@ -46,6 +46,7 @@ def test_flags_override_the_file(tmp_path: Path) -> None:
         ("schedule = 'eager'", "config schedule must be one of"),
         ("batch_size = 2.5", "config batch_size must be int"),
         ("sample_visible = 1", "config sample_visible must be bool"),
+        ("cd = 'fast'", "config cd must be one of cd|pcd"),
         ("finetune_dropout = 1.0", "config finetune_dropout must be in [0, 1)"),
         ("baseline_learning_rate = 0", "config baseline_learning_rate must be > 0"),
         ("finetune_lr_schedule = 'step'", "config finetune_lr_schedule must be one of"),

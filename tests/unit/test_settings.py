@@ -36,7 +36,8 @@ ROOT = Path(__file__).resolve().parents[2]
 
 # The public names: renaming one breaks users' config files, scripts and notebooks.
 KEYS = [
-    "train", "test", "output", "layers", "visible", "epochs", "k", "learning_rate", "momentum",
+    "train", "test", "output", "layers", "visible", "epochs", "k", "cd", "learning_rate",
+    "momentum",
     "final_momentum", "momentum_epochs", "weight_decay", "batch_size", "sample_visible",
     "averaging", "rounds_per_epoch", "block_momentum", "block_learning_rate", "local_momentum",
     "local_lr_scale", "local_batch_size", "lr_warmup_epochs", "representation", "schedule",
@@ -48,7 +49,7 @@ KEYS = [
     "fault_injection",
 ]
 PRETRAIN_PARAMS = [
-    "averaging", "batchSize", "blockLearningRate", "blockMomentum", "checkpointDir",
+    "averaging", "batchSize", "blockLearningRate", "blockMomentum", "cd", "checkpointDir",
     "checkpointInterval", "featuresCol", "k", "learningRate", "localBatchSize", "localLrScale",
     "localMomentum", "lrWarmupEpochs", "maxIter", "momentum", "numPartitions",
     "roundsPerEpoch", "seed", "visible", "weightDecay",
