@@ -1,5 +1,6 @@
 """The overfitting monitors on Spark (engine/monitors.py): their figures against numpy's of the
-same rows and weights, and a monitored run's weights against an unmonitored one's."""
+same rows and weights, and a monitored run's weights against an unmonitored one's; and the
+fitted model's log-likelihood with the DBN's lower bound against enumeration."""
 
 from __future__ import annotations
 
@@ -11,10 +12,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from sparkdbn import ml
 from sparkdbn.config import TrainConfig
 from sparkdbn.engine.training import train
-from sparkdbn.kernels.monitors import pseudo_log_likelihood
+from sparkdbn.kernels import likelihood as lk
+from sparkdbn.kernels.monitors import BOUND_SAMPLES, pseudo_log_likelihood
 from sparkdbn.kernels.rbm import free_energy
+from tests import exact
 
 WIDTH, TRAIN_ROWS, VALIDATION_ROWS = 16, 300, 400
 
@@ -83,3 +87,23 @@ def test_last_epoch_figures_are_numpys(runs) -> None:
         assert m["free_energy_gap"] == pytest.approx(validation_f - train_f, rel=1e-6, abs=1e-9)
         pll = pseudo_log_likelihood(params, validation_rows).mean()
         assert m["validation_pseudo_log_likelihood"] == pytest.approx(pll, rel=1e-9)
+
+
+def test_log_likelihood_of_the_fitted_model(spark, runs) -> None:
+    """`logLikelihood` of the ml model: each layer's figure near its exact value (6 and 4
+    hidden units: log Z by enumeration), and the DBN's bound below the exact mean log p(v)."""
+    results, _, V = runs
+    stack = results["on"].model
+    rows = [(i, [float(x) for x in row]) for i, row in enumerate(V)]
+    df = spark.createDataFrame(rows, "id long, features array<float>")
+    got = ml.DBNModel(stack).logLikelihood(df, aisChains=8, aisBetas=300, seed=1)
+    assert got["n_rows"] == VALIDATION_ROWS and got["ais"]["chains"] == 8
+    for i, layer in enumerate(got["layers"]):
+        params = stack.layers[i]
+        exact_ll = lk.mean_log_likelihood(params, stack.transform(V, i), lk.exact_log_z(params))
+        assert layer["log_likelihood"] == pytest.approx(exact_ll, abs=0.1)
+    log_p, bound = exact.dbn_log_prob_and_bound(stack.layers, V.astype(np.float64))
+    figure = got["dbn_lower_bound"]
+    assert figure["log_likelihood_lower_bound"] == pytest.approx(bound.mean(), abs=0.1)
+    assert figure["log_likelihood_lower_bound"] < log_p.mean()
+    assert figure["samples"] == BOUND_SAMPLES and figure["lower"] <= figure["upper"]

@@ -60,57 +60,12 @@ def test_sampled_bits_are_scikit_learns_estimator_and_unbiased() -> None:
     assert {len(set(row)) for row in flip_bits(50, 6, 3, rng)} == {3}
 
 
-def log_p_v_given_h(params: RBMParams, V: np.ndarray, H: np.ndarray) -> np.ndarray:
-    """log p(v | h) of the directed layer for every pair: shape (len(V), len(H))."""
-    W, b = np.asarray(params.W, np.float64), np.asarray(params.vbias, np.float64)
-    a = H @ W.T + b  # (states of h, n_v)
-    return V @ a.T - np.logaddexp(0, a).sum(axis=1)[None, :]
-
-
-def q_of(params: RBMParams, V: np.ndarray, H: np.ndarray) -> np.ndarray:
-    """The factorial q(h | v) = Π_j P(h_j | v) of every h state: shape (len(V), len(H))."""
-    p = 1 / (1 + np.exp(-(V @ np.asarray(params.W, np.float64) + params.hbias)))
-    return np.prod(np.where(H[None] == 1, p[:, None], 1 - p[:, None]), axis=2)
-
-
-def exact_dbn(layers: list[RBMParams], V: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(exact log p(v), the bound with factorial q summed over every state), per row.
-
-    Generative model: the top RBM's marginal on its visible layer, then the directed layers
-    down. Both by enumerating every hidden state of every layer below the top.
-    """
-    top = layers[-1]
-    log_z = exact.log_partition(top, "bernoulli")
-    states = [exact.binary_states(p.n_hidden) for p in layers[:-1]]
-    # log p(h_{L-1}) then down: log p(h_{l-1}) = logsumexp_h [log p(h_{l-1}|h) + log p(h)].
-    log_marg = exact.neg_free_energy(top, states[-1], "bernoulli") - log_z
-    for level in range(len(layers) - 2, 0, -1):
-        log_marg = exact.logsumexp(log_p_v_given_h(layers[level], states[level - 1],
-                                                   states[level])
-                                   + log_marg[None, :])
-    log_p = exact.logsumexp(log_p_v_given_h(layers[0], V, states[0]) + log_marg[None, :])
-    # The bound: E_q[Σ log p(h_{l-1}|h_l) + log p*(h_{L-1})] - log Z + H(q), q summed over
-    # every path h_1 … h_{L-1}.
-    def bound_from(level: int, below: np.ndarray) -> np.ndarray:
-        """E_q[...] + entropies from `below` (states at level l) upwards, per row of below."""
-        params, H = layers[level], states[level]
-        q = q_of(params, below, H)
-        terms = log_p_v_given_h(params, below, H) - np.log(q)
-        if level == len(layers) - 2:
-            rest = exact.neg_free_energy(top, H, "bernoulli") - log_z
-        else:
-            rest = bound_from(level + 1, H)
-        return (q * (terms + rest[None, :])).sum(axis=1)
-
-    return log_p, bound_from(0, V)
-
-
 @pytest.mark.parametrize("sizes", [[5, 4, 3], [4, 3, 3, 2]], ids=["2 layers", "3 layers"])
 def test_lower_bound_against_enumeration(sizes: list[int]) -> None:
     pairs = zip(sizes[:-1], sizes[1:], strict=True)
     layers = [rbm(a, b, seed=10 + i) for i, (a, b) in enumerate(pairs)]
     V = exact.binary_states(sizes[0])
-    log_p, bound = exact_dbn(layers, V)
+    log_p, bound = exact.dbn_log_prob_and_bound(layers, V)
     assert np.all(bound <= log_p + 1e-12)
     assert np.any(bound < log_p - 0.05)  # the factorial q is not the posterior here
     log_z = exact.log_partition(layers[-1], "bernoulli")
@@ -126,7 +81,7 @@ def test_lower_bound_is_tight_where_q_is_the_posterior() -> None:
     lower = RBMParams(np.zeros((5, 3), DTYPE), r.standard_normal(5).astype(DTYPE), b2.copy())
     top = RBMParams(np.zeros((3, 2), DTYPE), b2, r.standard_normal(2).astype(DTYPE))
     V = exact.binary_states(5)
-    log_p, bound = exact_dbn([lower, top], V)
+    log_p, bound = exact.dbn_log_prob_and_bound([lower, top], V)
     np.testing.assert_allclose(bound, log_p, atol=1e-10)
     log_z = exact.log_partition(top, "bernoulli")
     estimate = dbn_bound_terms([lower, top], V, np.random.default_rng(1), samples=4000) - log_z
