@@ -28,8 +28,9 @@ from sparkdbn.kernels.averaging import (
     LOCAL_MOMENTUM,
     AveragingSettings,
 )
+from sparkdbn.kernels.likelihood import DEFAULT_BETAS, DEFAULT_CHAINS
 from sparkdbn.kernels.mlp import LR_SCHEDULES, SGDConfig
-from sparkdbn.kernels.rbm import VISIBLE_TYPES, CDConfig
+from sparkdbn.kernels.rbm import CD_VARIANTS, VISIBLE_TYPES, CDConfig
 from sparkdbn.settings import (
     CLASSIFIER,
     CONFIG,
@@ -87,7 +88,37 @@ class TrainConfig:
     camelCase (`learningRate`) unless `param` says otherwise."""
 
     train: str | None = setting(None, "training data (Parquet path)")
-    test: str | None = setting(None, "held-out data (Parquet path)")
+    test: str | None = setting(
+        None, "held-out data (Parquet path): the classifier's accuracy and log_likelihood"
+    )
+    validation: str | None = setting(
+        None,
+        "validation data (Parquet path) for the overfitting monitors: each epoch, the mean free "
+        "energy and pseudo-log-likelihood of these rows and of as many training rows",
+    )
+    validation_fraction: float = _pretrain(
+        0.0,
+        "hold out this fraction of the training rows (by id) as the monitors' validation data "
+        "instead of --validation (0: none)",
+        FRACTION,
+    )
+    pseudo_likelihood_bits: int = _pretrain(
+        1,
+        "bits per row the monitors' pseudo-log-likelihood flips, at random (1: scikit-learn's "
+        "estimator; 0: every bit, exact, n_visible times the cost)",
+        NON_NEGATIVE,
+    )
+    log_likelihood: bool = setting(
+        False,
+        "at the end, each RBM's log-likelihood of the test rows by AIS and the DBN's lower "
+        "bound, into metrics.json (needs test data and Bernoulli visible units)",
+    )
+    ais_chains: int = setting(
+        DEFAULT_CHAINS, "AIS chains per layer for log_likelihood", at_least(2)
+    )
+    ais_betas: int = setting(
+        DEFAULT_BETAS, "AIS annealing steps per chain for log_likelihood", POSITIVE
+    )
     output: str | None = setting(None, "output directory")
     layers: list[int] = setting([784, 500], "layer sizes, visible first, e.g. 784,500,2000", SIZES)
     visible: str = _pretrain(
@@ -97,6 +128,12 @@ class TrainConfig:
     )
     epochs: int = _pretrain(10, "pretraining epochs per layer", POSITIVE, param="maxIter")
     k: int = _pretrain(CDConfig.k, "Gibbs steps of CD-k", POSITIVE)
+    cd: str = _pretrain(
+        CDConfig.cd,
+        "where the negative phase starts: cd (CD-k, at the mini-batch's rows) | pcd (persistent "
+        "CD, Tieleman 2008: at each partition's chains, kept across mini-batches and epochs)",
+        one_of(CD_VARIANTS),
+    )
     learning_rate: float = _pretrain(CDConfig.learning_rate, "CD learning rate", POSITIVE)
     momentum: float = _pretrain(
         CDConfig.momentum, "CD momentum of the first momentum_epochs epochs", FRACTION
@@ -298,6 +335,7 @@ def check_relations(values: Mapping[str, Any], source: Source = CONFIG) -> None:
             f"{source.where(final)} must not exceed {source.name(epochs)} ({values['epochs']}) "
             f"under {source.name(schedule)} {values['schedule']}, got {values['final_epochs']}"
         )
+    _check_monitors(values, source)
     decay, lr_schedule = BY_KEY["finetune_lr_decay"], BY_KEY["finetune_lr_schedule"]
     if values["finetune_lr_schedule"] != "exponential" and values["finetune_lr_decay"] != 1.0:
         raise InputError(
@@ -307,12 +345,38 @@ def check_relations(values: Mapping[str, Any], source: Source = CONFIG) -> None:
         )
 
 
+def _check_monitors(values: Mapping[str, Any], source: Source) -> None:
+    """One source of validation data; monitors follow a layer's input only when it is the
+    final one (sequential), and the log-likelihood's formulas are for Bernoulli units."""
+    validation, fraction = BY_KEY["validation"], BY_KEY["validation_fraction"]
+    if values["validation"] is not None and values["validation_fraction"] > 0:
+        raise InputError(
+            f"{source.where(validation)} and {source.name(fraction)} both give validation "
+            "data: set one of them"
+        )
+    monitored = values["validation"] is not None or values["validation_fraction"] > 0
+    if monitored and values["schedule"] != "sequential" and len(values["layers"]) > 2:
+        raise InputError(
+            f"the overfitting monitors ({source.name(fraction)}, {source.name(validation)}) "
+            f"need schedule sequential, got {values['schedule']!r}: under the concurrent "
+            "schedules an upper layer's input is a rough version the validation rows cannot "
+            "follow"
+        )
+    if values["log_likelihood"] and values["visible"] != "bernoulli":
+        raise InputError(
+            f"{source.where(BY_KEY['log_likelihood'])} needs Bernoulli visible units, got "
+            f"visible {values['visible']!r}"
+        )
+
+
 def check_test_use(cfg: TrainConfig) -> None:
-    """Test data is scored by the fine-tuned classifier: without one it would be ignored."""
-    if cfg.finetune_epochs == 0:
+    """Test data is scored by the fine-tuned classifier and by log_likelihood: without either
+    it would be ignored."""
+    if cfg.finetune_epochs == 0 and not cfg.log_likelihood:
         raise InputError(
             "config test gives data to measure the classifier's accuracy on, but "
-            "finetune_epochs is 0 (pretraining only): set finetune_epochs, or leave test out"
+            "finetune_epochs is 0 (pretraining only): set finetune_epochs or log_likelihood, "
+            "or leave test out"
         )
 
 

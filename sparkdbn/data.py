@@ -19,7 +19,7 @@ from typing import Protocol
 import numpy as np
 import pyarrow as pa
 from pyspark import StorageLevel
-from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 from pyspark.sql.pandas.types import to_arrow_schema
@@ -37,6 +37,8 @@ PACKED_X = "x"
 _READ_FAILURE = re.compile(r"Encountered error while reading file (\S+?)\.?(?:\s|$)")
 _EXCEPTION_PREFIX = re.compile(r"^(?:[\w$.]+(?:Exception|Error): )+")
 MAX_CAUSE = 200
+# The held-out fraction is decided per row by a hash of (seed, id) in this many buckets.
+HOLD_OUT_BUCKETS = 1_000_000
 # One summary row per partition; widths -1 mean a null features value.
 _CHECK_SCHEMA = (
     "part int, n long, width int, null_id long, ragged_id long, "
@@ -324,6 +326,14 @@ def _with_long_id(df: DataFrame) -> DataFrame:
     return df.withColumn(PACKED_ID, F.col(PACKED_ID).cast("long"))
 
 
+def held_out(fraction: float, seed: int, validation: bool) -> Column:
+    """The rows of a held-out validation set (or, with `validation` False, the others): about
+    `fraction` of them, chosen by a hash of (seed, id), so the same rows on every run."""
+    bucket = F.pmod(F.xxhash64(F.lit(seed), F.col(PACKED_ID)), F.lit(HOLD_OUT_BUCKETS))
+    cut = F.lit(round(fraction * HOLD_OUT_BUCKETS))
+    return bucket < cut if validation else bucket >= cut
+
+
 def check_features(df: DataFrame, features_col: str, visible: str = "bernoulli") -> tuple[int, int]:
     """Rows and width of data to score, checked as `prepare` checks training data (column
     type, nulls, ragged rows, values), in one pass that keeps nothing: scoring reads the rows
@@ -354,14 +364,18 @@ def prepare(
     partitions: int | None = None,
     require_label: bool = False,
     stage: bool | None = None,
+    rows: Column | None = None,
 ) -> PackedData:
     """Validate and cache a training set: in Spark's cache, or with `stage` (by default when
     the master is local) in local partition files (`sparkdbn.staging`) in the application's
-    scratch space. Nothing is written anywhere else."""
+    scratch space. Nothing is written anywhere else. `rows`, a condition on `id` (`held_out`),
+    keeps only the rows that meet it."""
     df = read_source(spark, source)
     has_label = _check_schema(df, features_col, label_col, require_label)
     columns = [PACKED_ID, features_col] + ([label_col] if has_label else [])
     df = _with_long_id(df).select(*columns)
+    if rows is not None:
+        df = df.where(rows)
     if partitions is not None:
         # Hash of the id, then id order inside each partition: the same rows land in the same
         # order on every run, whatever order the shuffle fetched them in.

@@ -6,13 +6,16 @@ with `ts` (ISO 8601, UTC), `level`, `job`, `event` and the event's fields (json,
 `--log-format json`). Events of the JSON logs:
 
     epoch           layer, epoch (from 1), epochs, recon_error, seconds, rows_per_second,
-                    input_version, eta_seconds
+                    input_version, eta_seconds, and with validation data monitors
+                    (train_/validation_free_energy, free_energy_gap,
+                    train_/validation_pseudo_log_likelihood, rows, train_rows)
     finetune_epoch  stage (fine-tune | baseline), epoch (from 1), epochs, loss, train_accuracy,
                     seconds, learning_rate
     resumed         layer or stage, after_epoch, epochs (continued from a checkpoint)
     evaluation      accuracy, n_rows, per_class_accuracy, confusion_matrix (+ stage or model)
     log_likelihood  model, data, n_rows, log_likelihood(_lower, _upper), log_z(_lower, _upper),
-                    layers_log_likelihood, ais (evaluate --log-likelihood)
+                    layers_log_likelihood, ais (evaluate --log-likelihood); or n_rows, layers,
+                    dbn_lower_bound, ais (train_dbn --log-likelihood)
     ready           layer (pretrain_layer: up and waiting for the layer below)
     timeline        schedule, makespan_seconds, layers [{layer, started_at, finished_at}]
     benchmark       results
@@ -156,7 +159,25 @@ def epoch_line(f: dict[str, Any]) -> str:
         f"{f['seconds']:.2f} s · {f['rows_per_second']:,.0f} rows/s · "
         f"ETA {f['eta_seconds']:.0f} s{version}"
         f"{averaging_text(f.get('rounds', 1), f.get('replica_divergence', []))}"
+        f"{monitors_text(f.get('monitors'))}"
     )
+
+
+def monitors_text(m: dict[str, Any] | None) -> str:
+    """An epoch line's monitors: free energies (training, validation, gap) and
+    pseudo-log-likelihoods (training, validation)."""
+    if m is None:
+        return ""
+    text = (
+        f" · F train {m['train_free_energy']:.2f} val {m['validation_free_energy']:.2f} "
+        f"gap {m['free_energy_gap']:+.2f}"
+    )
+    if m.get("train_pseudo_log_likelihood") is not None:
+        text += (
+            f" · PLL train {m['train_pseudo_log_likelihood']:.2f} "
+            f"val {m['validation_pseudo_log_likelihood']:.2f}"
+        )
+    return text
 
 
 def averaging_text(rounds: int, divergence: list[float]) -> str:

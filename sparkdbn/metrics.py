@@ -16,7 +16,8 @@ from sparkdbn.logs import Reporter
 class EpochRecord:
     """One epoch of one layer; `replica_divergence` has one figure per averaging round
     (`engine.rounds`); `finished_at` (seconds since the run started) places it on the Gantt
-    chart, `seconds` before it."""
+    chart, `seconds` before it. `monitors` holds the overfitting monitors' figures after the
+    epoch when the run has validation data (`engine.monitors`), else None."""
 
     epoch: int
     recon_error: float
@@ -26,6 +27,7 @@ class EpochRecord:
     rounds: int = 1
     replica_divergence: list[float] = field(default_factory=list)
     finished_at: float | None = None
+    monitors: dict[str, Any] | None = None
 
 
 @dataclass
@@ -90,12 +92,13 @@ class RunLog:
         if record.finished_at is None:
             record.finished_at = self.now()
         log.epochs.append(record)
+        monitors = {} if record.monitors is None else {"monitors": record.monitors}
         self.reporter.event(  # as text: logs.epoch_line
             "epoch", layer=log.layer, epoch=record.epoch + 1, epochs=total_epochs,
             recon_error=record.recon_error, seconds=record.seconds,
             rows_per_second=record.rows_per_second, input_version=record.input_version,
             rounds=record.rounds, replica_divergence=record.replica_divergence,
-            eta_seconds=round(eta_seconds(record, total_epochs), 3),
+            eta_seconds=round(eta_seconds(record, total_epochs), 3), **monitors,
         )
 
     def to_dict(self) -> dict[str, Any]:

@@ -64,10 +64,13 @@ from pyspark.sql.utils import is_remote
 import sparkdbn.model as dbn_model
 from sparkdbn.columns import features_to_numpy
 from sparkdbn.config import BY_KEY, SETTINGS, TrainConfig, check_relations
+from sparkdbn.data import prepare
 from sparkdbn.engine.checkpoint import Checkpoint
 from sparkdbn.engine.filesystem import filesystem
+from sparkdbn.engine.likelihood import AISSettings, model_likelihood
 from sparkdbn.engine.training import TrainingResult, train
 from sparkdbn.errors import InputError
+from sparkdbn.kernels.likelihood import DEFAULT_BETAS, DEFAULT_CHAINS
 from sparkdbn.kernels.mlp import class_scores
 from sparkdbn.logs import Reporter
 from sparkdbn.outputs import metrics_dict
@@ -532,7 +535,8 @@ class _StackModel(Model, MLWritable, MLReadable):
     """A fitted stage that holds a `sparkdbn.model.DBNModel` (numpy weights).
 
     `trainingMetrics` is what metrics.json would hold for the fit (per-layer timelines and
-    epochs, fine-tuning curve); it is not saved, so it is None for a loaded model.
+    epochs with the monitors' figures when validationFraction is set, fine-tuning curve); it
+    is not saved, so it is None for a loaded model. `logLikelihood` measures the model on data.
     """
 
     def __init__(self, stack: dbn_model.DBNModel | None = None) -> None:
@@ -546,6 +550,39 @@ class _StackModel(Model, MLWritable, MLReadable):
         if self._stack is None:
             raise ValueError(f"{type(self).__name__} {self.uid} holds no trained model")
         return self._stack
+
+    def logLikelihood(
+        self, dataset: DataFrame, aisChains: int = DEFAULT_CHAINS,
+        aisBetas: int = DEFAULT_BETAS, seed: int = 0,
+    ) -> dict[str, Any]:
+        """What `log_likelihood` writes into metrics.json, for this model on the rows of
+        `dataset` (featuresCol, values in [0, 1]): each RBM layer's mean log-likelihood with
+        its AIS log Z and interval, and for two layers or more the DBN's lower bound. A
+        classifier's layers are its fine-tuned ones, so its figures measure those weights."""
+        if self.stack.visible != "bernoulli":
+            raise InputError(
+                f"the log-likelihood needs Bernoulli visible units, the model has "
+                f"{self.stack.visible!r} ones"
+            )
+        try:
+            settings = AISSettings(aisChains, aisBetas, seed=seed)
+        except ValueError as err:
+            raise InputError(str(err)) from err
+        features = self.getOrDefault("featuresCol")
+        if features not in dataset.columns:
+            raise InputError(f"features column {features!r} not found; columns are "
+                             f"{dataset.columns}")
+        columns = [features] + (["id"] if "id" in dataset.columns and features != "id" else [])
+        data = prepare(dataset.sparkSession, dataset.select(*columns), features)
+        try:
+            if data.width != self.stack.sizes[0]:
+                raise InputError(
+                    f"column {features!r} has {data.width} values per row, the model expects "
+                    f"{self.stack.sizes[0]}"
+                )
+            return model_likelihood(dataset.sparkSession, data, self.stack, settings).to_dict()
+        finally:
+            data.unpersist()
 
     def write(self) -> MLWriter:
         return _StackWriter(self)

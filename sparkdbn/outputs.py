@@ -22,7 +22,7 @@ from sparkdbn.plots import write_pictures
 
 
 def metrics_dict(result: TrainingResult) -> dict[str, Any]:
-    """metrics.json: the run log plus fine-tuning curves and evaluations."""
+    """metrics.json: the run log plus fine-tuning curves, evaluations and log-likelihoods."""
     out = result.run.to_dict()  # schedule, layers, makespan
     if result.finetune_history:
         out["finetune"] = [asdict(e) for e in result.finetune_history]
@@ -33,6 +33,8 @@ def metrics_dict(result: TrainingResult) -> dict[str, Any]:
         out["baseline_finetune"] = [asdict(e) for e in result.baseline_history]
     if result.baseline_evaluation is not None:
         out["baseline_test_accuracy"] = result.baseline_evaluation.accuracy
+    if result.log_likelihood is not None:
+        out["log_likelihood"] = result.log_likelihood
     return out
 
 

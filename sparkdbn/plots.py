@@ -1,20 +1,22 @@
-"""Pictures of a run: learning curves, the schedule's Gantt chart and first-layer filters (PNG,
-via matplotlib if present)."""
+"""Pictures of a run: learning curves (with the overfitting monitors when the run has them), the
+schedule's Gantt chart and first-layer filters (PNG, via matplotlib if present)."""
 
 from __future__ import annotations
 
 import math
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 if TYPE_CHECKING:
+    from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
     from sparkdbn.engine.training import TrainingResult
-    from sparkdbn.metrics import RunLog
+    from sparkdbn.metrics import LayerLog, RunLog
 
 
 def filter_grid(W: np.ndarray, max_filters: int = 100) -> np.ndarray | None:
@@ -48,7 +50,13 @@ def write_pictures(result: TrainingResult, directory: Path) -> list[Path]:
         print("matplotlib is not installed: no pictures written", file=sys.stderr)
         return []
     written = []
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    monitored = [lg for lg in result.run.layers if any(e.monitors for e in lg.epochs)]
+    fig, axes = plt.subplots(
+        2 if monitored else 1, 2, figsize=(11, 8 if monitored else 4), squeeze=False
+    )
+    if monitored:
+        monitor_axes(axes[1], monitored)
+    axes = axes[0]
     for log in result.run.layers:
         axes[0].plot(
             [e.epoch + 1 for e in log.epochs], [e.recon_error for e in log.epochs],
@@ -85,6 +93,27 @@ def write_pictures(result: TrainingResult, directory: Path) -> list[Path]:
         plt.close(fig)
         written.append(path)
     return written
+
+
+def monitor_axes(axes: Sequence[Axes], layers: list[LayerLog]) -> None:
+    """The overfitting monitors per layer: the free-energy gap (validation - training; its
+    growth signals overfitting), and the pseudo-log-likelihoods (training dashed)."""
+    for log in layers:
+        epochs = [e for e in log.epochs if e.monitors]
+        x = [e.epoch + 1 for e in epochs]
+        colour = f"C{log.layer % 10}"
+        axes[0].plot(x, [e.monitors["free_energy_gap"] for e in epochs], marker="o",
+                     color=colour, label=f"layer {log.layer}")
+        if epochs[0].monitors["train_pseudo_log_likelihood"] is not None:
+            for side, style in (("validation", "-"), ("train", "--")):
+                axes[1].plot(x, [e.monitors[f"{side}_pseudo_log_likelihood"] for e in epochs],
+                             style, marker="o", color=colour, label=f"layer {log.layer} {side}")
+    axes[0].axhline(0, color="0.7", linewidth=0.8)
+    axes[0].set(title="free-energy gap", xlabel="epoch", ylabel="validation - training F")
+    axes[0].legend()
+    axes[1].set(title="pseudo-log-likelihood", xlabel="epoch", ylabel="nats per row")
+    if axes[1].lines:
+        axes[1].legend(fontsize=8)
 
 
 def gantt_figure(run: RunLog) -> Figure:

@@ -6,9 +6,11 @@ Energies (hidden units are always binary):
 - Gaussian visible, unit variance: E(v, h) = ½‖v - b‖² - vᵀWh - cᵀh, v ∈ ℝ^n_v. Integrating v
   out gives Z = (2π)^{n_v/2} Σ_h exp(cᵀh + ½‖b + Wh‖² - ½‖b‖²) and v | h ~ N(b + Wh, I).
 
-Nothing here calls the kernel: every quantity is derived from the energy function, so a test
-comparing the kernel with these functions checks the kernel's formulas. `params` is anything with
-`W` (n_v × n_h), `vbias` and `hbias` arrays; gradients are (dW, db, dc) tuples.
+A DBN is its top RBM's marginal on that RBM's visible layer, then each RBM below as the
+directed layer p(h_{l-1} | h_l). Nothing here calls the kernel: every quantity is derived
+from the energy function, so a test comparing the kernel with these functions checks the
+kernel's formulas. `params` is anything with `W` (n_v × n_h), `vbias` and `hbias` arrays;
+gradients are (dW, db, dc) tuples.
 """
 
 from __future__ import annotations
@@ -158,3 +160,52 @@ def cd_moments_bernoulli(params: Params, X: np.ndarray, k: int) -> tuple[Triple,
     data = data_moments(params, X, "bernoulli")
     grad = tuple(d - m for d, m in zip(data, model, strict=True))
     return grad, tuple(s - m**2 for s, m in zip(second, model, strict=True))
+
+
+# --- DBNs: the top RBM, then directed layers down to v ---
+
+
+def log_p_v_given_h(params: Params, V: np.ndarray, H: np.ndarray) -> np.ndarray:
+    """log p(v | h) of the directed layer for every pair: shape (len(V), len(H))."""
+    W, b = np.asarray(params.W, np.float64), np.asarray(params.vbias, np.float64)
+    a = H @ W.T + b  # (states of h, n_v)
+    return V @ a.T - np.logaddexp(0, a).sum(axis=1)[None, :]
+
+
+def q_of(params: Params, V: np.ndarray, H: np.ndarray) -> np.ndarray:
+    """The factorial q(h | v) = Π_j P(h_j | v) of every h state: shape (len(V), len(H))."""
+    p = 1 / (1 + np.exp(-(V @ np.asarray(params.W, np.float64) + params.hbias)))
+    return np.prod(np.where(H[None] == 1, p[:, None], 1 - p[:, None]), axis=2)
+
+
+def dbn_log_prob_and_bound(layers: list[Params], V: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(exact log p(v), the bound with factorial q summed over every state), per row.
+
+    Generative model: the top RBM's marginal on its visible layer, then the directed layers
+    down. Both by enumerating every hidden state of every layer below the top.
+    """
+    top = layers[-1]
+    log_z = log_partition(top, "bernoulli")
+    states = [binary_states(np.shape(p.W)[1]) for p in layers[:-1]]
+    # log p(h_{L-1}) then down: log p(h_{l-1}) = logsumexp_h [log p(h_{l-1}|h) + log p(h)].
+    log_marg = neg_free_energy(top, states[-1], "bernoulli") - log_z
+    for level in range(len(layers) - 2, 0, -1):
+        log_marg = logsumexp(
+            log_p_v_given_h(layers[level], states[level - 1], states[level]) + log_marg[None, :]
+        )
+    log_p = logsumexp(log_p_v_given_h(layers[0], V, states[0]) + log_marg[None, :])
+
+    # The bound: E_q[Σ log p(h_{l-1}|h_l) + log p*(h_{L-1})] - log Z + H(q), q summed over
+    # every path h_1 … h_{L-1}.
+    def bound_from(level: int, below: np.ndarray) -> np.ndarray:
+        """E_q[...] + entropies from `below` (states at level l) upwards, per row of below."""
+        params, H = layers[level], states[level]
+        q = q_of(params, below, H)
+        terms = log_p_v_given_h(params, below, H) - np.log(q)
+        if level == len(layers) - 2:
+            rest = neg_free_energy(top, H, "bernoulli") - log_z
+        else:
+            rest = bound_from(level + 1, H)
+        return (q * (terms + rest[None, :])).sum(axis=1)
+
+    return log_p, bound_from(0, V)

@@ -25,6 +25,12 @@ partition order, then the groups in order, on every path (`_Total`), so task ret
 and other parallelisms give bit-identical results. Empty partitions, and partitions with no
 mini-batch left in a round, contribute nothing.
 
+A step may also keep an array of the partition's own (`Local`: PCD's fantasy particles), which
+is never averaged: it travels back beside the generator's state and goes to the partition's
+next round, across epochs too (`rounds.AveragingLoop` carries it, the checkpoint keeps it).
+Like the start state, it reaches the task from the driver, so a retried task starts from the
+same one.
+
 An `EmittingRound` is the same round for a step that also emits rows (a layer's rough
 representation, made during its epoch): the rows are the stage's output, which the caller
 writes, and the states come back through an accumulator, which Spark merges exactly once per
@@ -33,6 +39,7 @@ partition of a result stage. It needs a SparkContext and all states within GROUP
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import os
@@ -65,14 +72,27 @@ SUM_GROUP = 8
 # Floats per chunk of a partition's per-round arithmetic (float64: 512 KB, within L2).
 SCRATCH_FLOATS = 1 << 16
 
+
+
+@dataclass
+class Local:
+    """A partition's own array, kept from one of its rounds to the next, across epochs, and
+    never averaged (PCD's fantasy particles). A step reads `array` (None until the partition
+    first keeps one) and may replace it with its new value."""
+
+    array: np.ndarray | None = None
+
+
 # A partition step gets the partition's rows (one Arrow table), the current state, its
-# seeded generator and the indices of the rows it trains on, in order; it returns the new
-# state, its row count and sums of per-row metrics.
+# seeded generator, the indices of the rows it trains on, in order, and its `Local`; it
+# returns the new state, its row count and sums of per-row metrics.
 StepResult = tuple[np.ndarray, int, np.ndarray]
-PartitionStep = Callable[[pa.Table, np.ndarray, np.random.Generator, np.ndarray], StepResult]
+PartitionStep = Callable[
+    [pa.Table, np.ndarray, np.random.Generator, np.ndarray, Local], StepResult
+]
 # An emitting step also returns the rows its partition emits.
 EmittingStep = Callable[
-    [pa.Table, np.ndarray, np.random.Generator, np.ndarray],
+    [pa.Table, np.ndarray, np.random.Generator, np.ndarray, Local],
     tuple[StepResult, Iterator[pa.RecordBatch]],
 ]
 # Sums travel as float64; an exact integer is carried as two float64 limbs of 32 bits each,
@@ -85,13 +105,14 @@ _PARTITION: ContextVar[int] = ContextVar("sparkdbn_partition")
 @dataclass(frozen=True)
 class Round:
     """Which slice of the epoch a round trains: round `index` of `count`, cut at whole
-    mini-batches of `batch_size`, and the partitions' generator states after the rounds
-    before it (JSON, by partition)."""
+    mini-batches of `batch_size`, the partitions' generator states after the rounds before
+    it (JSON, by partition) and their `Local` arrays from every round before it."""
 
     index: int = 0
     count: int = 1
     batch_size: int = 1
     generators: dict[int, str] = field(default_factory=dict)
+    local: dict[int, np.ndarray] = field(default_factory=dict)
 
 
 WHOLE_EPOCH = Round()
@@ -100,14 +121,15 @@ WHOLE_EPOCH = Round()
 @dataclass
 class RoundResult:
     """The row-weighted mean state, the rows trained, the partitions' summed metrics, their
-    spread Σ nᵢ·‖dᵢ‖² (dᵢ: partition i's change of the first `spread_size` values) and their
-    generator states for the next round."""
+    spread Σ nᵢ·‖dᵢ‖² (dᵢ: partition i's change of the first `spread_size` values), their
+    generator states for the next round and the `Local` arrays they kept."""
 
     state: np.ndarray
     n_rows: int
     sums: np.ndarray
     spread: float = 0.0
     generators: dict[int, str] = field(default_factory=dict)
+    local: dict[int, np.ndarray] = field(default_factory=dict)
 
 
 def idle(state: np.ndarray) -> RoundResult:
@@ -146,6 +168,29 @@ class _Ran:
     n: int
     sums: np.ndarray  # the step's sums, then the spread
     generator: str
+    local: np.ndarray | None = None
+
+    def carry(self) -> dict[str, Any]:
+        """What goes to the partition's next round, as JSON: the generator's state and the
+        local array (little-endian float32, base64)."""
+        carry: dict[str, Any] = {"rng": self.generator}
+        if self.local is not None:
+            data = base64.b64encode(np.ascontiguousarray(self.local, "<f4").tobytes())
+            carry["local"] = {"shape": list(self.local.shape), "data": data.decode()}
+        return carry
+
+
+def _carried(carries: dict[Any, dict[str, Any]]) -> tuple[dict[int, str], dict[int, np.ndarray]]:
+    """Partitions' `_Ran.carry` values (keyed by partition, as JSON keys them): their
+    generators and their local arrays."""
+    generators = {int(part): carry["rng"] for part, carry in carries.items()}
+    local = {
+        int(part): np.frombuffer(base64.b64decode(carry["local"]["data"]), "<f4")
+        .reshape(carry["local"]["shape"]).astype(np.float32)
+        for part, carry in carries.items()
+        if "local" in carry
+    }
+    return generators, local
 
 
 def _generator(seed_key: tuple[int, ...], part: int, n_rows: int, rnd: Round):
@@ -176,15 +221,17 @@ def _run_part(
     rows = order[round_rows(table.num_rows, rnd.batch_size, rnd.index, rnd.count)]
     if rows.size == 0:
         return None
+    local = Local(rnd.local.get(part))
     token = _PARTITION.set(part)
     try:
-        out = step(table, state, rng, rows)
+        out = step(table, state, rng, rows, local)
     finally:
         _PARTITION.reset(token)
     (new_state, n, sums), extra = (out, None) if len(out) == 3 else out
     spread = float(n) * _squared_distance(new_state[:spread_size], state[:spread_size])
     all_sums = np.append(np.asarray(sums, np.float64), spread)
-    return _Ran(part, new_state, n, all_sums, json.dumps(rng.bit_generator.state)), extra
+    generator = json.dumps(rng.bit_generator.state)
+    return _Ran(part, new_state, n, all_sums, generator, local.array), extra
 
 
 def _squared_distance(a: np.ndarray, b: np.ndarray) -> float:
@@ -208,7 +255,7 @@ def _table(batches: Iterable[pa.RecordBatch]) -> pa.Table:
 def _state_batch(ran: _Ran, chunk: int) -> pa.RecordBatch:
     """One partition's new state as STATE_SCHEMA rows, one per chunk."""
     starts = range(0, ran.state.size, chunk)
-    gens = json.dumps({ran.part: ran.generator})
+    gens = json.dumps({ran.part: ran.carry()})
     return pa.RecordBatch.from_pydict(
         {
             "part": pa.array([ran.part] * len(starts), pa.int32()),
@@ -291,7 +338,7 @@ class _Summand:
     def __init__(self, group: int, share: _Ran) -> None:
         self.group, self.first = group, share.part
         self.total = np.multiply(share.state, share.n, dtype=np.float64)
-        self.n, self.sums, self.gens = share.n, share.sums.copy(), {share.part: share.generator}
+        self.n, self.sums, self.gens = share.n, share.sums.copy(), {share.part: share.carry()}
 
     def add(self, share: _Ran) -> None:
         """total += n·state, in chunks: the same float64 products and sums as adding the
@@ -305,7 +352,7 @@ class _Summand:
             )
         self.n += share.n
         self.sums += share.sums
-        self.gens[share.part] = share.generator
+        self.gens[share.part] = share.carry()
 
     def written(self, exchange: str, prefix: str, attempt: int) -> dict:
         """The summand saved in `exchange` (`prefix` names its round), and the row that tells
@@ -349,8 +396,8 @@ class _Total:
         return total, sums
 
 
-def _merged_generators(column: list[str]) -> str:
-    merged: dict[str, str] = {}
+def _merged_carries(column: list[str]) -> str:
+    merged: dict[str, Any] = {}
     for text in column:
         merged.update(json.loads(text))
     return json.dumps(merged)
@@ -375,7 +422,7 @@ def _average_chunk(table: pa.Table) -> pa.Table:
             "chunk": pa.array([table.column("chunk")[0].as_py()], pa.int32()),
             "n": pa.array([total], pa.int64()),
             "sums": pa.array([sums.tobytes()]),
-            "gens": pa.array([_merged_generators(table.column("gens").to_pylist())]),
+            "gens": pa.array([_merged_carries(table.column("gens").to_pylist())]),
             "data": pa.array([mean.tobytes()], pa.binary()),
         }
     )
@@ -394,10 +441,8 @@ def _average_states(table: pa.Table, state: np.ndarray) -> RoundResult:
 
 
 def _result(state: np.ndarray, n: int, sums: np.ndarray, gens: str) -> RoundResult:
-    return RoundResult(
-        state, n, sums[:-1].copy(), float(sums[-1]),
-        {int(part): text for part, text in json.loads(gens).items()},
-    )
+    generators, local = _carried(json.loads(gens))
+    return RoundResult(state, n, sums[:-1].copy(), float(sums[-1]), generators, local)
 
 
 def _assemble(reduced: list[dict], size: int) -> RoundResult:
@@ -408,7 +453,7 @@ def _assemble(reduced: list[dict], size: int) -> RoundResult:
         raise RuntimeError(f"averaged state has {new_state.size} values, expected {size}")
     first = reduced[0]
     sums = np.frombuffer(first["sums"], np.float64)
-    gens = _merged_generators([row["gens"] for row in reduced])
+    gens = _merged_carries([row["gens"] for row in reduced])
     return _result(new_state.copy(), int(first["n"]), sums, gens)
 
 
@@ -426,7 +471,7 @@ def _add_partials(partials: list[dict], state: np.ndarray) -> RoundResult:
     n = adder.n
     if total.size != size:
         raise RuntimeError(f"averaged state has {total.size} values, expected {size}")
-    gens = _merged_generators([row["gens"] for row in rows])
+    gens = _merged_carries([row["gens"] for row in rows])
     return _result((total / n).astype(np.float32), n, sums, gens)
 
 
@@ -471,11 +516,13 @@ def _await_file(path: str, stop: str) -> bool:
 def _epoch_task(
     steps: list[PartitionStep], data: StagedRows, runs: list[range], exchange: str,
     seed_key: tuple[int, ...], count: int, batch_size: int, spread_size: int,
+    local: dict[int, np.ndarray],
 ) -> Callable[[int, Iterator[int]], Iterator[int]]:
     """A barrier task of a `StagedEpoch`: reads its run of partitions once, then for each
     round waits for the round's start state, trains, and leaves its summands and their rows
-    (`round-R-task-T.json`) in `exchange`. Each partition's generator continues from round to
-    round in memory, as the driver would carry it; a retried stage replays from round 0."""
+    (`round-R-task-T.json`) in `exchange`. Each partition's generator and `Local` array (from
+    `local` at first) continue from round to round in memory, as the driver would carry them;
+    a retried stage replays from round 0."""
     parts, columns = data.parts, data.columns
     stop = os.path.join(exchange, STOP_FILE)
 
@@ -485,6 +532,7 @@ def _epoch_task(
         attempt = TaskContext.get().taskAttemptId()
         tables = [(i, parts.table(i, columns)) for i in runs[task]]
         generators: dict[int, str] = {}
+        kept = dict(local)
         with task_blas_threads():
             for index, step in enumerate(steps):
                 prefix = _round_prefix(index)
@@ -492,10 +540,13 @@ def _epoch_task(
                 if not _await_file(start, stop):
                     return
                 state = np.load(start, mmap_mode="r")
-                rnd = Round(index, count, batch_size, generators)
+                rnd = Round(index, count, batch_size, generators, kept)
                 summands = _train_parts(step, state, seed_key, tables, rnd, spread_size)
                 rows = [summand.written(exchange, prefix, attempt) for summand in summands]
-                generators = {p: g for summand in summands for p, g in summand.gens.items()}
+                generators, changed = _carried(
+                    {p: c for summand in summands for p, c in summand.gens.items()}
+                )
+                kept = {**kept, **changed}
                 _write_json(os.path.join(exchange, f"{prefix}task-{task:03d}.json"), rows, attempt)
         yield task
 
@@ -566,7 +617,7 @@ class StagedEpoch:
         spread = size if self._spread is None else self._spread
         task = _epoch_task(
             self._steps, self._data, self._runs, self._exchange, self._seed_key, rnd.count,
-            rnd.batch_size, spread,
+            rnd.batch_size, spread, rnd.local,
         )
         sc = self._data.spark.sparkContext
         # Spark reruns a failed barrier stage only when it is a shuffle map stage, not the
@@ -716,7 +767,8 @@ class EmittingRound:
             # No mini-batch left here this round; the rows still belong in the version.
             if table.num_rows:
                 _, rng = _generator(self._seed_key, part, table.num_rows, self._round)
-                _, rows = self._step(table, self.state, rng, np.empty(0, np.int64))
+                local = Local(self._round.local.get(part))
+                _, rows = self._step(table, self.state, rng, np.empty(0, np.int64), local)
                 yield from rows
             return
         share, rows = ran

@@ -5,6 +5,7 @@ Layout, a hidden directory beside the output (like the default representation st
     .OUT.checkpoint/checkpoint.json      manifest: the config, the training data's shape, and
                                          per trainer its epoch, state file and epoch records
     .OUT.checkpoint/layer_0-e000006.npz  one trainer's flat float32 state (parameters + velocity)
+                                         and its partitions' local arrays (PCD's chains)
     .OUT.checkpoint/fine-tune-e000002.npz
 
 Trainers are `layer_0`, `layer_1`, …, `fine-tune` and `baseline`. A state file's name carries
@@ -12,7 +13,8 @@ its epoch and is never rewritten; the manifest is replaced (temporary file, then
 only once the state file it names is complete, and the file it stops naming is deleted after.
 So a kill at any moment leaves the previous checkpoint or the new one, never a mix. npz and
 JSON only, never pickle. The state is the exact float32 vector the next averaging round
-starts from, and seeds depend only on (seed, layer, epoch, partition), so resuming the
+starts from, the local arrays are each partition's own as the epoch left them (`local_P` in
+the npz), and seeds depend only on (seed, layer, epoch, partition), so resuming the
 sequential schedule gives the bit-identical model.
 """
 
@@ -26,7 +28,7 @@ import time
 import uuid
 import zipfile
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
@@ -37,6 +39,7 @@ from sparkdbn.errors import InputError
 FORMAT = "sparkdbn-checkpoint"
 FORMAT_VERSION = 1
 MANIFEST = "checkpoint.json"
+LOCAL_PREFIX = "local_"
 # Settings that may change between a run and its resume: those that steer the run but not its
 # model (tracking among them), and the output, which names the checkpoint (so "out" and "./out"
 # are the same run).
@@ -48,11 +51,13 @@ RUN_CONTROL = (
 
 @dataclass
 class Saved:
-    """A trainer's checkpointed state after `epoch` epochs and its metric records so far."""
+    """A trainer's checkpointed state after `epoch` epochs, its metric records so far and its
+    partitions' local arrays (by partition)."""
 
     state: np.ndarray
     epoch: int
     records: list[dict[str, Any]]
+    local: dict[int, np.ndarray] = field(default_factory=dict)
 
 
 def checkpoint_dir(output: str | Path) -> Path:
@@ -186,6 +191,11 @@ class Checkpoint:
         try:
             with np.load(file, allow_pickle=False) as npz:
                 state = npz["state"]
+                local = {
+                    int(key.removeprefix(LOCAL_PREFIX)): npz[key]
+                    for key in npz.files
+                    if key.startswith(LOCAL_PREFIX)
+                }
         except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as err:
             raise InputError(f"checkpoint file {str(file)!r} is unreadable ({err})") from err
         if state.dtype != np.float32 or state.shape != (size,):
@@ -193,8 +203,10 @@ class Checkpoint:
                 f"checkpoint file {str(file)!r} holds {state.dtype}{list(state.shape)}, "
                 f"{name} needs float32[{size}]"
             )
+        if any(array.dtype != np.float32 for array in local.values()):
+            raise InputError(f"checkpoint file {str(file)!r} holds local arrays not float32")
         self.resumed[name] = int(entry["epoch"])
-        return Saved(state, int(entry["epoch"]), list(entry["records"]))
+        return Saved(state, int(entry["epoch"]), list(entry["records"]), local)
 
     def save(
         self,
@@ -203,15 +215,18 @@ class Checkpoint:
         epoch: int,
         records: list[dict[str, Any]],
         last: bool = False,
+        local: dict[int, np.ndarray] | None = None,
     ) -> None:
-        """Record a trainer's state after `epoch` epochs: every `every` epochs and its last."""
+        """Record a trainer's state (and its partitions' `local` arrays) after `epoch` epochs:
+        every `every` epochs and its last."""
         if self.every <= 0 or not (last or epoch % self.every == 0):
             return
-        flat = np.ascontiguousarray(state, np.float32)
+        arrays = {f"{LOCAL_PREFIX}{part}": array for part, array in (local or {}).items()}
+        arrays["state"] = np.ascontiguousarray(state, np.float32)
         file = f"{name}-e{epoch:06d}.npz"
         with self._lock:
             self.directory.mkdir(parents=True, exist_ok=True)
-            _write_atomic(self.directory / file, lambda f: np.savez(f, state=flat))
+            _write_atomic(self.directory / file, lambda f: np.savez(f, **arrays))
             old = self._trainers.get(name, {}).get("file")
             self._trainers[name] = {"epoch": epoch, "file": file, "records": records}
             manifest = {

@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 import numpy as np
 import pyarrow as pa
 
-from sparkdbn.engine.averaging import EmittingStep, PartitionStep, current_partition
+from sparkdbn.engine.averaging import EmittingStep, Local, PartitionStep, current_partition
 
 Step = TypeVar("Step", PartitionStep, EmittingStep)
 
@@ -26,7 +26,8 @@ def failing_first_attempt(step: Step, partitions: frozenset[int]) -> Step:
         return step
 
     def run(
-        table: pa.Table, state: np.ndarray, rng: np.random.Generator, rows: np.ndarray
+        table: pa.Table, state: np.ndarray, rng: np.random.Generator, rows: np.ndarray,
+        local: Local,
     ) -> Any:
         from pyspark import TaskContext
 
@@ -35,7 +36,7 @@ def failing_first_attempt(step: Step, partitions: frozenset[int]) -> Step:
             raise RuntimeError(
                 f"injected fault (fault_injection): partition {part}, first attempt"
             )
-        return step(table, state, rng, rows)
+        return step(table, state, rng, rows, local)
 
     return run
 

@@ -13,7 +13,7 @@ from pyspark.sql import SparkSession
 
 from sparkdbn.columns import unpack_rows
 from sparkdbn.data import PACKED_LABEL, PACKED_X, PackedData
-from sparkdbn.engine.averaging import PartitionStep, StepResult
+from sparkdbn.engine.averaging import Local, PartitionStep, StepResult
 from sparkdbn.engine.checkpoint import Checkpoint
 from sparkdbn.engine.faults import failing_first_attempt
 from sparkdbn.engine.rounds import EpochResult
@@ -39,7 +39,8 @@ def mlp_step(sizes: list[int], cfg: SGDConfig) -> PartitionStep:
     size = sum(a * b + b for a, b in zip(sizes[:-1], sizes[1:], strict=True))
 
     def step(
-        table: pa.Table, state: np.ndarray, rng: np.random.Generator, rows: np.ndarray
+        table: pa.Table, state: np.ndarray, rng: np.random.Generator, rows: np.ndarray,
+        local: Local,
     ) -> StepResult:
         X = unpack_rows(table.column(PACKED_X), sizes[0])
         y = table.column(PACKED_LABEL).to_numpy().astype(np.int64, copy=False)

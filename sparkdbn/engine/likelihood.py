@@ -36,11 +36,15 @@ from sparkdbn.kernels.likelihood import (
     combine_log_weights,
     group_log_weights,
 )
+from sparkdbn.kernels.monitors import BOUND_SAMPLES, dbn_bound_terms
 from sparkdbn.kernels.rbm import RBMParams, free_energy, hidden_probs
 from sparkdbn.model import DBNModel
 
 _STATS_SCHEMA = "layer long, n long, free_energy double, visible_sum binary"
 _WEIGHTS_SCHEMA = "layer long, grp long, log_weights binary"
+_BOUND_SCHEMA = "n long, bound double"
+# The lower bound's samples draw from (seed, BOUND_STREAM, partition), apart from AIS's.
+BOUND_STREAM = 1_000_003
 
 
 @dataclass(frozen=True)
@@ -223,3 +227,94 @@ def table(layers: list[LayerLikelihood], settings: AISSettings) -> str:
         f"schedule, {s.groups} groups, seed {s.seed}); intervals from ±3 standard errors"
     )
     return "\n".join([head, *(layer.line() for layer in layers)])
+
+
+# --- the whole DBN: the lower bound on log p(v) -----------------------------------------------
+
+
+@dataclass(frozen=True)
+class LowerBound:
+    """The DBN's variational lower bound on the mean log p(v) of `n_rows` rows: the mean of
+    `kernels.monitors.dbn_bound_terms` less the top RBM's log Z, with the interval its AIS
+    interval gives (the Monte Carlo average over `samples` draws per row is not in it)."""
+
+    n_rows: int
+    mean_terms: float
+    top_log_z: LogZEstimate
+    samples: int
+
+    def to_dict(self) -> dict:
+        return {
+            "n_rows": self.n_rows,
+            "log_likelihood_lower_bound": self.mean_terms - self.top_log_z.log_z,
+            "lower": self.mean_terms - self.top_log_z.upper,
+            "upper": _finite_or_none(self.mean_terms - self.top_log_z.lower),
+            "top_log_z": self.top_log_z.log_z,
+            "samples": self.samples,
+        }
+
+    def line(self) -> str:
+        d = self.to_dict()
+        upper = "?" if d["upper"] is None else f"{d['upper']:.2f}"
+        return (
+            f"DBN: log-likelihood ≥ {d['log_likelihood_lower_bound']:.2f} nats per row "
+            f"[{d['lower']:.2f}, {upper}] (variational bound, {self.samples} samples per row)"
+        )
+
+
+def _bound_batches(layers: list[RBMParams], samples: int, seed: int):
+    def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        from pyspark import TaskContext
+
+        rng = np.random.default_rng([seed, BOUND_STREAM, TaskContext.get().partitionId()])
+        for batch in batches:
+            X = unpack_rows(batch.column(PACKED_X), layers[0].n_visible)
+            with task_blas_threads():
+                terms = dbn_bound_terms(layers, X, rng, samples)
+            yield pa.RecordBatch.from_pylist([{"n": len(terms), "bound": float(terms.sum())}])
+
+    return run
+
+
+def dbn_lower_bound(
+    data: PackedData, layers: list[RBMParams], top_log_z: LogZEstimate, seed: int,
+    samples: int = BOUND_SAMPLES,
+) -> LowerBound:
+    """The bound over the rows of `data`, each partition's samples from its own generator
+    (seed, BOUND_STREAM, partition): the same data and partitioning give the same figure."""
+    found = data.df.select(PACKED_X).mapInArrow(
+        _bound_batches(layers, samples, seed), _BOUND_SCHEMA
+    ).collect()
+    n = sum(r["n"] for r in found)
+    return LowerBound(n, math.fsum(r["bound"] for r in found) / n, top_log_z, samples)
+
+
+@dataclass(frozen=True)
+class ModelLikelihood:
+    """Every RBM layer's log-likelihood and, for two layers or more, the DBN's lower bound."""
+
+    layers: list[LayerLikelihood]
+    bound: LowerBound | None
+    settings: AISSettings
+
+    def to_dict(self) -> dict:
+        out = {"n_rows": self.layers[0].n_rows,
+               "layers": [layer.to_dict() for layer in self.layers]}
+        if self.bound is not None:
+            out["dbn_lower_bound"] = self.bound.to_dict()
+        return {**out, "ais": self.settings.to_dict()}
+
+    def table(self) -> str:
+        lines = [table(self.layers, self.settings)]
+        return "\n".join(lines + ([self.bound.line()] if self.bound is not None else []))
+
+
+def model_likelihood(
+    spark: SparkSession, data: PackedData, model: DBNModel, settings: AISSettings
+) -> ModelLikelihood:
+    """`log_likelihood` of every layer, and the DBN's bound from the top layer's log Z."""
+    layers = log_likelihood(spark, data, model, settings)
+    bound = None
+    if len(model.layers) > 1:
+        bound = dbn_lower_bound(data, model.layers, layers[-1].log_z, settings.seed)
+    return ModelLikelihood(layers, bound, settings)

@@ -8,6 +8,7 @@ from pyspark.sql import SparkSession
 from sparkdbn.config import TrainConfig
 from sparkdbn.data import PackedData
 from sparkdbn.engine.checkpoint import Checkpoint
+from sparkdbn.engine.monitors import Monitoring
 from sparkdbn.engine.rbm_trainer import LayerTrainer
 from sparkdbn.engine.representation import transform_cached
 from sparkdbn.kernels.rbm import CDConfig, RBMParams
@@ -25,6 +26,7 @@ def cd_config(cfg: TrainConfig, layer: int) -> CDConfig:
         batch_size=cfg.batch_size,
         visible=cfg.visible if layer == 0 else "bernoulli",
         sample_visible=cfg.sample_visible,
+        cd=cfg.cd,
     )
 
 
@@ -57,12 +59,14 @@ def pretrain_sequential(
     cfg: TrainConfig,
     run: RunLog,
     checkpoint: Checkpoint | None = None,
+    monitoring: Monitoring | None = None,
 ) -> DBNModel:
     """Train layer 0 to the end, hand its representation to layer 1, and so on.
 
     A layer the checkpoint holds as finished is not trained again; its representation is
     recomputed from its parameters (seeded by seed and layer) only if a layer above still
-    needs it, exactly as the uninterrupted run computed it.
+    needs it, exactly as the uninterrupted run computed it. With `monitoring`, the validation
+    rows go up with the training rows and each layer's epochs are measured.
     """
     layers: list[RBMParams] = []
     current, level = data, 0  # `current` is the input of layer `level`
@@ -75,7 +79,12 @@ def pretrain_sequential(
                 upper = transform_cached(current, layers[level], cfg.representation, seed_key)
                 if current is not data:
                     current.unpersist()
+                if monitoring is not None:
+                    monitoring.advance(layers[level], level)
                 current, level = upper, level + 1
+            if monitoring is not None:
+                visible = cd_config(cfg, layer).visible
+                trainer.monitor = monitoring.layer_monitor(layer, current, visible)
             while not trainer.done:
                 trainer.train_epoch(current)
         layers.append(trainer.params)

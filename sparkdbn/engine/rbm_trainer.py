@@ -16,6 +16,7 @@ from sparkdbn.data import PACKED_X, PackedData
 from sparkdbn.engine.averaging import (
     EmittingRound,
     EmittingStep,
+    Local,
     PartitionStep,
     Round,
     RoundResult,
@@ -37,6 +38,7 @@ from sparkdbn.kernels.rbm import (
     RBMParams,
     cd_epoch,
     hidden_probs,
+    initial_chains,
     sample_bernoulli,
 )
 from sparkdbn.metrics import EpochRecord, LayerLog, RunLog
@@ -44,19 +46,32 @@ from sparkdbn.metrics import EpochRecord, LayerLog, RunLog
 
 def _epoch(
     table: pa.Table, state: np.ndarray, rng: np.random.Generator, rows: np.ndarray,
-    n_visible: int, n_hidden: int, cfg: CDConfig, checksum: bool,
+    local: Local, n_visible: int, n_hidden: int, cfg: CDConfig, checksum: bool,
     hidden_out: np.ndarray | None = None, sample: bool = False,
 ) -> StepResult:
     """CD-k over the partition's `rows` from `state` ([parameters, momentum buffers]); the sums
-    are the squared reconstruction error and, with `checksum`, those rows' checksum terms."""
+    are the squared reconstruction error and, with `checksum`, those rows' checksum terms.
+
+    PCD's chains are the partition's `local` array: they stay with the partition, never
+    averaged, since each chain is a sample of its own and a mean of samples is none. The
+    first round starts them at the partition's first rows (`initial_chains`), one per row of
+    a mini-batch."""
     size = n_visible * n_hidden + n_visible + n_hidden
     X = unpack_rows(table.column(PACKED_X), n_visible)
     new_state = np.array(state, DTYPE)  # trained in place through the views below
     params = RBMParams.from_flat(new_state[:size], n_visible, n_hidden, copy=False)
     velocity = RBMParams.from_flat(new_state[size:], n_visible, n_hidden, copy=False)
+    chains = None
+    if cfg.cd == "pcd":
+        carried = local.array
+        start = initial_chains(X, min(cfg.batch_size, len(X))) if carried is None else carried
+        chains = np.array(start, DTYPE)  # a copy: a retried task starts from the same chains
     stats = cd_epoch(
-        params, velocity, X, cfg, rng, hidden_out=hidden_out, hidden_sample=sample, rows=rows
+        params, velocity, X, cfg, rng, hidden_out=hidden_out, hidden_sample=sample, rows=rows,
+        chains=chains,
     )
+    if chains is not None:
+        local.array = chains
     terms = exact_limbs(checksum_terms(X[rows])) if checksum else []
     return new_state, stats.n_rows, np.array([stats.recon_sq_error, *terms])
 
@@ -64,14 +79,16 @@ def _epoch(
 def rbm_step(n_visible: int, n_hidden: int, cfg: CDConfig, checksum: bool = False) -> PartitionStep:
     """The per-partition work of one round: CD-k over the partition's rows of the round.
 
-    The state is [parameters, momentum buffers], so momentum is averaged like the weights.
+    The state is [parameters, momentum buffers], so momentum is averaged like the weights;
+    PCD's chains are the partition's own (`Local`).
     With `checksum`, the rows' checksum terms ride along as two more sums (exact limbs).
     """
 
     def step(
-        table: pa.Table, state: np.ndarray, rng: np.random.Generator, rows: np.ndarray
+        table: pa.Table, state: np.ndarray, rng: np.random.Generator, rows: np.ndarray,
+        local: Local,
     ) -> StepResult:
-        return _epoch(table, state, rng, rows, n_visible, n_hidden, cfg, checksum)
+        return _epoch(table, state, rng, rows, local, n_visible, n_hidden, cfg, checksum)
 
     return step
 
@@ -85,7 +102,8 @@ def rbm_emitting_step(
     emits in its last) from the weights the round starts with."""
 
     def step(
-        table: pa.Table, state: np.ndarray, rng: np.random.Generator, rows: np.ndarray
+        table: pa.Table, state: np.ndarray, rng: np.random.Generator, rows: np.ndarray,
+        local: Local,
     ) -> tuple[StepResult, Iterator[pa.RecordBatch]]:
         H = np.empty((table.num_rows, n_hidden), DTYPE)
         others = np.ones(table.num_rows, bool)
@@ -94,7 +112,9 @@ def rbm_emitting_step(
             size = n_visible * n_hidden + n_visible + n_hidden
             start = RBMParams.from_flat(state[:size], n_visible, n_hidden)
             H[others] = hidden_probs(start, unpack_rows(table.column(PACKED_X), n_visible)[others])
-        result = _epoch(table, state, rng, rows, n_visible, n_hidden, cfg, checksum, H, sample)
+        result = _epoch(
+            table, state, rng, rows, local, n_visible, n_hidden, cfg, checksum, H, sample
+        )
         if sample and others.any():  # drawn after the round's own draws, which stay as they were
             H[others] = sample_bernoulli(H[others], rng, out=np.empty_like(H[others]))
         return result, _with_hidden(table, H)

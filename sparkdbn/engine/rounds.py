@@ -5,7 +5,9 @@ strategy's start point (with the averaged local momentum, or none when it is res
 the partitions on their next slice of rows, and turns the row-weighted average into the new
 global model (`kernels.averaging.block_update`). The partitions' generators continue from
 round to round, so with one partition and plain settings the rounds are one uninterrupted
-epoch. RBM pretraining (`rbm_trainer`) and fine-tuning (`finetune`) differ only in the step
+epoch. The partitions' `Local` arrays (PCD's chains) continue from round to round and from
+epoch to epoch: a partition keeps its own, also through rounds in which it has nothing to
+train. RBM pretraining (`rbm_trainer`) and fine-tuning (`finetune`) differ only in the step
 they run and in what they record.
 """
 
@@ -48,13 +50,15 @@ class AveragingLoop:
     """The global state of one trainer under its averaging strategy, epoch by epoch.
 
     `state` is [parameters (`param_size` values), local momentum buffers]; `delta`, the block
-    velocity over the parameters, is saved with the state (`saved_state`).
+    velocity over the parameters, is saved with the state (`saved_state`). `local` holds each
+    partition's own array (`Local`) as the last epoch left it, which a checkpoint keeps too.
     """
 
     def __init__(self, state: np.ndarray, param_size: int) -> None:
         self.param_size = param_size
         self.state = np.ascontiguousarray(state, np.float32)
         self.delta = np.zeros(param_size, np.float32)
+        self.local: dict[int, np.ndarray] = {}
 
     @property
     def saved_size(self) -> int:
@@ -64,9 +68,10 @@ class AveragingLoop:
         """What a checkpoint keeps: the state, then the block velocity."""
         return np.concatenate([self.state, self.delta])
 
-    def restore(self, saved: np.ndarray) -> None:
+    def restore(self, saved: np.ndarray, local: dict[int, np.ndarray]) -> None:
         self.state = saved[: self.state.size].astype(np.float32)
         self.delta = saved[self.state.size :].astype(np.float32)
+        self.local = dict(local)
 
     def epoch(
         self, averaging: Averaging, batch_size: int, run_round: RunRound, guard: Guard,
@@ -77,36 +82,36 @@ class AveragingLoop:
         calls the `settle` it is given on the round's result before it commits anything of
         its own (a rough version), so that a bad round or epoch commits nothing."""
         so_far = EpochResult(self.state, 0, None)
-        delta, generators = self.delta, {}
+        delta, generators, local = self.delta, {}, self.local
         for index in range(averaging.rounds):
-            rnd = Round(index, averaging.rounds, batch_size, generators)
+            rnd = Round(index, averaging.rounds, batch_size, generators, local)
             last = index == averaging.rounds - 1
             runner = last_round if last and last_round is not None else None
-            so_far, delta, generators = self._round(
+            so_far, delta, generators, local = self._round(
                 averaging, so_far, delta, rnd, run_round, runner, guard, accept if last else None
             )
-        self.state, self.delta = so_far.state, delta
+        self.state, self.delta, self.local = so_far.state, delta, local
         return so_far
 
     def _round(
         self, averaging: Averaging, so_far: EpochResult, delta: np.ndarray, rnd: Round,
         run_round: RunRound, last_round: LastRound | None, guard: Guard,
         accept: Callable[[EpochResult], None] | None,
-    ) -> tuple[EpochResult, np.ndarray, dict[int, str]]:
+    ) -> tuple[EpochResult, np.ndarray, dict[int, str], dict[int, np.ndarray]]:
         """One round after `so_far`: the epoch so far with it, the block velocity, and the
-        partitions' generators."""
+        partitions' generators and local arrays."""
         p, state = self.param_size, so_far.state
         start = state.copy()
         start[:p] = block_start(state[:p], delta, averaging)
         if averaging.reset_local_momentum:
             start[p:] = 0
-        settled: list[tuple[EpochResult, np.ndarray, dict[int, str]]] = []
+        settled: list[tuple[EpochResult, np.ndarray, dict[int, str], dict[int, np.ndarray]]] = []
 
         def settle(result: RoundResult) -> None:
             if result.n_rows == 0:  # no partition had a mini-batch left: nothing changes
                 if accept is not None:
                     accept(so_far)
-                settled.append((so_far, delta, rnd.generators))
+                settled.append((so_far, delta, rnd.generators, rnd.local))
                 return
             new = np.empty_like(state)
             new[:p], new_delta = block_update(
@@ -122,7 +127,7 @@ class AveragingLoop:
             )
             if accept is not None:
                 accept(done)
-            settled.append((done, new_delta, result.generators))
+            settled.append((done, new_delta, result.generators, {**rnd.local, **result.local}))
 
         if last_round is not None:
             last_round(start, rnd, settle)

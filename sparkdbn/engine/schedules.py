@@ -38,6 +38,7 @@ from sparkdbn.config import TrainConfig, tie_plan
 from sparkdbn.data import PackedData
 from sparkdbn.engine.checkpoint import Checkpoint
 from sparkdbn.engine.filesystem import check_shared
+from sparkdbn.engine.monitors import Monitoring
 from sparkdbn.engine.pretrain import initial_params, layer_trainer, pretrain_sequential
 from sparkdbn.engine.publishing import NoPublisher, Publisher, PublishPolicy
 from sparkdbn.engine.rbm_trainer import LayerTrainer
@@ -295,12 +296,14 @@ def pretrain(
     run: RunLog,
     store_base: str,
     checkpoint: Checkpoint | None = None,
+    monitoring: Monitoring | None = None,
 ) -> DBNModel:
     """Pretrain the stack under `cfg.schedule`: `sequential` (or one layer) layer after
-    layer (`pretrain.pretrain_sequential`); otherwise all layers in their own threads,
-    handing representations over through the stores under `store_base`."""
+    layer (`pretrain.pretrain_sequential`, which alone takes `monitoring`: the config refuses
+    monitors elsewhere); otherwise all layers in their own threads, handing representations
+    over through the stores under `store_base`."""
     if cfg.schedule == "sequential" or len(cfg.layers) == 2:
-        return pretrain_sequential(spark, data, cfg, run, checkpoint)
+        return pretrain_sequential(spark, data, cfg, run, checkpoint, monitoring)
     n_layers = len(cfg.layers) - 1
     shared = make_shared(spark, cfg, store_base)
 

@@ -1,11 +1,12 @@
 """The averaging trainer's loop, the one RBM pretraining and fine-tuning both run.
 
 Each epoch: the averaging rounds (`rounds.AveragingLoop`), each round through the divergence
-guard; the epoch's record; its progress event; one warning when the replicas diverge; the
-checkpoint. Before the first epoch the trainer continues from its checkpoint, if that holds
-it. The trainers differ only in their steps, their record and event, and the words of their
-guard, so these are what a subclass gives (`LayerTrainer`, `FinetuneTrainer`), and the loop's
-order, its checkpoint format and its messages stay the same for both.
+guard; the epoch's record, measured by the monitor if there is one; its progress event; one
+warning when the replicas diverge; the checkpoint. Before the first epoch the trainer
+continues from its checkpoint, if that holds it. The trainers differ only in their steps,
+their record and event, and the words of their guard, so these are what a subclass gives
+(`LayerTrainer`, `FinetuneTrainer`), and the loop's order, its checkpoint format and its
+messages stay the same for both.
 """
 
 from __future__ import annotations
@@ -54,6 +55,8 @@ class AveragingTrainer(ABC, Generic[R]):
     `title` names the trainer in its messages ("layer 0", "fine-tune"), `where` in its events'
     fields ({"layer": 0}, {"stage": "fine-tune"}), `name` in the checkpoint. `records` is the
     list the epochs' records go to; a resume fills it in place with the saved ones.
+    `monitor`, when a schedule sets it, measures the epoch's parameters and returns its record
+    with the figures; it only reads, so training goes on exactly as without it.
     """
 
     error_name: str  # what the guard watches, in its message: "reconstruction error", "loss"
@@ -73,10 +76,11 @@ class AveragingTrainer(ABC, Generic[R]):
         self.checkpoint = checkpoint
         self.pool = pool
         self.epoch = 0
+        self.monitor: Callable[[R, np.ndarray], R] | None = None
         self._warned = False
         saved = None if checkpoint is None else checkpoint.restore(name, self.loop.saved_size)
         if saved is not None:
-            self.loop.restore(saved.state)
+            self.loop.restore(saved.state, saved.local)
             self.epoch = saved.epoch
             self.records[:] = [self.record_from(record) for record in saved.records]
             reporter.event("resumed", **where, after_epoch=self.epoch, epochs=epochs)
@@ -121,13 +125,16 @@ class AveragingTrainer(ABC, Generic[R]):
                 plan.accept,
             )
         kept = record(result, time.perf_counter() - start)
+        if self.monitor is not None:  # after the clock: an epoch's seconds are training's
+            kept = self.monitor(kept, self.state[: self.param_size])
         self.report(kept)
         self._warn(result.max_divergence, plan.partitions)
         self.epoch += 1
         if self.checkpoint is not None:
             records = [asdict(r) for r in self.records]
             self.checkpoint.save(
-                self.name, self.loop.saved_state(), self.epoch, records, last=self.done
+                self.name, self.loop.saved_state(), self.epoch, records, last=self.done,
+                local=self.loop.local,
             )
         return kept
 

@@ -14,9 +14,11 @@ import numpy as np
 from pyspark.sql import DataFrame, SparkSession
 
 from sparkdbn.config import FINETUNE_EPOCHS, TrainConfig, check_test_use
-from sparkdbn.data import PackedData, prepare
+from sparkdbn.data import PackedData, held_out, prepare
 from sparkdbn.engine.checkpoint import Checkpoint
 from sparkdbn.engine.finetune import FinetuneEpoch, finetune
+from sparkdbn.engine.likelihood import AISSettings, model_likelihood
+from sparkdbn.engine.monitors import Monitoring
 from sparkdbn.engine.predict import Evaluation, evaluate, predict_packed
 from sparkdbn.engine.schedules import pretrain
 from sparkdbn.errors import DivergenceError, InputError
@@ -34,6 +36,7 @@ class TrainingResult:
     evaluation: Evaluation | None = None
     baseline_history: list[FinetuneEpoch] = field(default_factory=list)
     baseline_evaluation: Evaluation | None = None
+    log_likelihood: dict | None = None
 
 
 def _sgd_config(cfg: TrainConfig) -> SGDConfig:
@@ -60,16 +63,44 @@ def _n_classes(cfg: TrainConfig, train: PackedData, test: PackedData | None) -> 
 def prepare_training_data(
     spark: SparkSession, cfg: TrainConfig, source: str | DataFrame, require_label: bool = False
 ) -> PackedData:
-    """The validated, cached training set, whose width must be the first layer's size."""
+    """The validated, cached training set, whose width must be the first layer's size; less
+    the held-out rows when `validation_fraction` is set."""
+    rows = held_out(cfg.validation_fraction, cfg.seed, False) if cfg.validation_fraction else None
     packed = prepare(
         spark, source, cfg.features_col, cfg.label_col, cfg.visible, cfg.partitions,
-        require_label=require_label,
+        require_label=require_label, rows=rows,
     )
     if packed.width != cfg.layers[0]:
         packed.unpersist()
         raise InputError(
             f"config layers starts with {cfg.layers[0]} visible units but column "
             f"{cfg.features_col!r} has {packed.width} values per row"
+        )
+    return packed
+
+
+def prepare_validation_data(
+    spark: SparkSession, cfg: TrainConfig, source: str | DataFrame, width: int
+) -> PackedData | None:
+    """The monitors' validation rows: `validation` as given, or the rows of the training data
+    that `validation_fraction` holds out; None without either. Checked like training data,
+    before any training, and every problem named as the validation data's."""
+    if cfg.validation is None and not cfg.validation_fraction:
+        return None
+    held = cfg.validation is None
+    where = "the held-out validation rows" if held else f"validation data {cfg.validation!r}"
+    try:
+        packed = prepare(
+            spark, source if held else cfg.validation, cfg.features_col, cfg.label_col,
+            cfg.visible, rows=held_out(cfg.validation_fraction, cfg.seed, True) if held else None,
+        )
+    except InputError as err:
+        raise InputError(f"{where}: {err}") from err
+    if packed.width != width:
+        packed.unpersist()
+        raise InputError(
+            f"{where}: column {cfg.features_col!r} has {packed.width} values per row, the "
+            f"training data {width}"
         )
     return packed
 
@@ -106,31 +137,39 @@ def train(
         raise InputError("no training data: give --train PATH")
     if test_source is not None:
         check_test_use(cfg)
+    if cfg.log_likelihood and test_source is None:
+        raise InputError("config log_likelihood measures the test rows: give test data")
+    scores_test = test_source is not None and not cfg.log_likelihood  # a classifier only
     packed = prepare_training_data(
-        spark, cfg, source, require_label=bool(cfg.finetune_epochs) or test_source is not None
+        spark, cfg, source, require_label=bool(cfg.finetune_epochs) or scores_test
     )
     cfg = resolve_finetune_epochs(cfg, packed.has_label)
     supervised = cfg.finetune_epochs > 0
-    test = None
+    test = validation = monitoring = None
     try:
-        if test_source is not None and supervised:
+        if test_source is not None and (supervised or cfg.log_likelihood):
             test = prepare(
                 spark, test_source, cfg.features_col, cfg.label_col, cfg.visible,
-                require_label=True,
+                require_label=supervised,
             )
             if test.width != packed.width:
                 raise InputError(
                     f"test data has {test.width} features per row, training data {packed.width}"
                 )
+        validation = prepare_validation_data(spark, cfg, source, packed.width)
         n_classes = _n_classes(cfg, packed, test) if supervised else 0
         if checkpoint is not None:
             checkpoint.check_data(packed.shape)
         run = RunLog(cfg.schedule, out=out, reporter=reporter)
         run.extra["partitions"] = packed.partitions
-        model = pretrain(spark, packed, cfg, run, store, checkpoint)
+        if validation is not None:
+            monitoring = Monitoring(spark, cfg, packed, validation)
+        model = pretrain(spark, packed, cfg, run, store, checkpoint, monitoring)
         result = TrainingResult(model, run)
         if supervised:
             _finetune_and_evaluate(spark, cfg, packed, test, n_classes, result, checkpoint)
+        if cfg.log_likelihood:
+            _log_likelihood(spark, cfg, test, model, result)
         if checkpoint is not None and checkpoint.resumed:
             run.extra["resumed_after_epochs"] = dict(checkpoint.resumed)
     except DivergenceError as err:
@@ -141,9 +180,25 @@ def train(
         ) from err
     finally:
         packed.unpersist()
-        if test is not None:
-            test.unpersist()
+        if monitoring is not None:
+            monitoring.close()
+        for held in (test, validation):
+            if held is not None:
+                held.unpersist()
     return result
+
+
+def _log_likelihood(
+    spark: SparkSession, cfg: TrainConfig, test: PackedData, pretrained: DBNModel,
+    result: TrainingResult,
+) -> None:
+    """The end-of-training measure of the pretrained stack, the DBN's generative model (the
+    fine-tuned weights are a classifier's): each RBM's log-likelihood of the test rows by AIS,
+    and the DBN's lower bound."""
+    settings = AISSettings(cfg.ais_chains, cfg.ais_betas, seed=cfg.seed)
+    measured = model_likelihood(spark, test, pretrained, settings)
+    result.log_likelihood = measured.to_dict()
+    result.run.reporter.event("log_likelihood", text=measured.table(), **result.log_likelihood)
 
 
 def _finetune_and_evaluate(

@@ -1,4 +1,4 @@
-"""Restricted Boltzmann Machine math: free energy, conditionals and CD-k over a 2-D array.
+"""Restricted Boltzmann Machine math: free energy, conditionals and CD-k or PCD-k over a 2-D array.
 
 Hidden units are Bernoulli. Visible units are Bernoulli (data in [0, 1]) or Gaussian with unit
 variance (standardized real-valued data), as in Hinton's practical guide. Everything is float32
@@ -17,6 +17,8 @@ import numpy as np
 
 Visible = Literal["bernoulli", "gaussian"]
 VISIBLE_TYPES: tuple[str, ...] = ("bernoulli", "gaussian")
+# Where the negative phase starts: at the data (CD-k) or at persistent chains (PCD-k).
+CD_VARIANTS: tuple[str, ...] = ("cd", "pcd")
 DTYPE = np.float32
 
 
@@ -100,6 +102,7 @@ class CDConfig:
     batch_size: int = 100
     visible: Visible = "bernoulli"
     sample_visible: bool = False
+    cd: str = "cd"
 
     def __post_init__(self) -> None:
         checks = {
@@ -109,6 +112,7 @@ class CDConfig:
             "weight_decay": self.weight_decay >= 0,
             "batch_size": self.batch_size >= 1,
             "visible": self.visible in VISIBLE_TYPES,
+            "cd": self.cd in CD_VARIANTS,
         }
         for name, ok in checks.items():
             if not ok:
@@ -212,28 +216,35 @@ class _Buffers:
     The data rows v0 and the negative rows vk sit one above the other in `pair_v`, and h0 and
     hk likewise in `pair_h`, so the weight gradient is a single product pair_vᵀ·pair_h, with
     the learning rate, 1/n and hk's minus sign folded into the (small) hidden rows first.
+    The negative rows are the batch's own (CD) or `chains` persistent ones (PCD).
     """
 
-    def __init__(self, batch: int, n_v: int, n_h: int, with_decay: bool) -> None:
-        self.v = np.empty((2 * batch, n_v), DTYPE)
-        self.h = np.empty((2 * batch, n_h), DTYPE)
-        self.h_sample = np.empty((batch, n_h), DTYPE)
-        self.v_spare = np.empty((batch, n_v), DTYPE)
+    def __init__(
+        self, batch: int, n_v: int, n_h: int, with_decay: bool, chains: int | None = None
+    ) -> None:
+        negative = batch if chains is None else chains
+        widest = max(batch, negative)
+        self.v = np.empty((batch + negative, n_v), DTYPE)
+        self.h = np.empty((batch + negative, n_h), DTYPE)
+        self.h_sample = np.empty((widest, n_h), DTYPE)
+        self.v_spare = np.empty((widest, n_v), DTYPE)
         self.dW = np.empty((n_v, n_h), DTYPE)
         self.decay = np.empty((n_v, n_h), DTYPE) if with_decay else None
 
-    def rows(self, n: int) -> _BatchViews:
-        return _BatchViews(self, n)
+    def rows(self, n: int, negative: int | None = None) -> _BatchViews:
+        return _BatchViews(self, n, n if negative is None else negative)
 
 
 class _BatchViews:
-    """The buffers cut to a batch of n rows (all but the last batch are full)."""
+    """The buffers cut to a batch of n data rows and m negative rows (CD: m = n; all but the
+    last batch are full)."""
 
-    def __init__(self, buf: _Buffers, n: int) -> None:
-        self.pair_v, self.pair_h = buf.v[: 2 * n], buf.h[: 2 * n]
+    def __init__(self, buf: _Buffers, n: int, m: int) -> None:
+        self.pair_v, self.pair_h = buf.v[: n + m], buf.h[: n + m]
         self.v0, self.vk = self.pair_v[:n], self.pair_v[n:]
         self.h0, self.hk = self.pair_h[:n], self.pair_h[n:]
         self.h_sample, self.v_spare = buf.h_sample[:n], buf.v_spare[:n]
+        self.chain_h_sample, self.chain_v_spare = buf.h_sample[:m], buf.v_spare[:m]
         self.dW, self.decay = buf.dW, buf.decay
 
 
@@ -250,8 +261,10 @@ def _cd_batch(
     rng: np.random.Generator,
     buf: _BatchViews,
     positive: Callable[[np.ndarray, np.ndarray], None] | None = None,
+    chains: np.ndarray | None = None,
 ) -> float:
-    """One CD-k update on the mini-batch in `buf.v0`; returns its squared reconstruction error.
+    """One CD-k (or, with `chains`, PCD-k) update on the mini-batch in `buf.v0`; returns its
+    squared reconstruction error.
 
     The chain is v0 → h0 ~ P(h|v0) → v1 → … → vk, with hidden states sampled and visible
     states either sampled (`sample_visible`) or mean-field (Hinton's rbm.m). Statistics use
@@ -263,6 +276,13 @@ def _cd_batch(
     h_state = sample_bernoulli(h0, rng, out=buf.h_sample)
     if positive is not None:
         positive(h0, h_state)
+    if chains is not None:
+        # The reconstruction error is the same figure as CD's, from the sampled h0.
+        mean = visible_mean(params, h_state, cfg.visible, out=buf.v_spare)
+        recon_err = _sq_dist(mean, v0, scratch=mean)
+        _persistent_phase(params, cfg, rng, buf, chains)
+        _update(params, velocity, cfg, buf)
+        return recon_err
     recon_err = 0.0
     for step in range(cfg.k):
         if cfg.sample_visible:
@@ -277,13 +297,45 @@ def _cd_batch(
         hidden_probs(params, vk, out=hk)
         if step < cfg.k - 1:
             h_state = sample_bernoulli(hk, rng, out=buf.h_sample)
+    _update(params, velocity, cfg, buf)
+    return recon_err
 
-    # Update steps lr·grad: lr·(v0 - vk)/n, lr·(h0 - hk)/n and lr·(v0ᵀh0 - vkᵀhk)/n.
+
+def _persistent_phase(
+    params: RBMParams, cfg: CDConfig, rng: np.random.Generator, buf: _BatchViews,
+    chains: np.ndarray,
+) -> None:
+    """PCD's negative phase: k Gibbs steps v → h ~ P(h|v) → v' from the chains' states, which
+    are left where the steps end (`vk`, with hk = P(h | vk)) for the next mini-batch."""
+    v = chains
+    for _ in range(cfg.k):
+        hidden_probs(params, v, out=buf.hk)
+        h_state = sample_bernoulli(buf.hk, rng, out=buf.chain_h_sample)
+        if cfg.sample_visible:
+            mean = visible_mean(params, h_state, cfg.visible, out=buf.chain_v_spare)
+            sample_visible(mean, cfg.visible, rng, out=buf.vk)
+        else:
+            visible_mean(params, h_state, cfg.visible, out=buf.vk)
+        v = buf.vk
+    hidden_probs(params, buf.vk, out=buf.hk)
+    np.copyto(chains, buf.vk)
+
+
+def _update(params: RBMParams, velocity: RBMParams, cfg: CDConfig, buf: _BatchViews) -> None:
+    """The momentum step on lr·(v0 - vk), lr·(h0 - hk) and lr·(v0ᵀh0 - vkᵀhk), each side
+    averaged over its own rows (PCD's chains may outnumber a short batch)."""
+    v0, vk, h0, hk = buf.v0, buf.vk, buf.h0, buf.hk
     step_scale = DTYPE(cfg.learning_rate / v0.shape[0])
-    dvb = v0.sum(axis=0, dtype=DTYPE) - vk.sum(axis=0, dtype=DTYPE)
-    dvb *= step_scale
+    if vk.shape[0] == v0.shape[0]:
+        dvb = v0.sum(axis=0, dtype=DTYPE) - vk.sum(axis=0, dtype=DTYPE)
+        dvb *= step_scale
+        negative_scale = step_scale
+    else:
+        negative_scale = DTYPE(cfg.learning_rate / vk.shape[0])
+        dvb = v0.sum(axis=0, dtype=DTYPE) * step_scale
+        dvb -= vk.sum(axis=0, dtype=DTYPE) * negative_scale
     h0 *= step_scale
-    hk *= -step_scale
+    hk *= -negative_scale
     dhb = buf.pair_h.sum(axis=0, dtype=DTYPE)
     dW = np.matmul(buf.pair_v.T, buf.pair_h, out=buf.dW)
     if buf.decay is not None:
@@ -298,7 +350,16 @@ def _cd_batch(
         vel *= mom
         vel += delta
         par += vel
-    return recon_err
+
+
+def initial_chains(X: np.ndarray, count: int) -> np.ndarray:
+    """PCD's fantasy particles before their first mini-batch: copies of the first `count` rows
+    of X (cycled if X has fewer). Chains that start at data start where the model is meant to
+    put its mass, with no burn-in from noise, and they take no random draw, so a partition's
+    chains depend on its rows alone: a retried task or a resumed run builds the same ones."""
+    if X.shape[0] == 0 or count < 1:
+        raise ValueError(f"cannot start {count} chains from {X.shape[0]} rows")
+    return np.array(X[np.arange(count) % X.shape[0]], DTYPE)
 
 
 def cd_epoch(
@@ -311,6 +372,7 @@ def cd_epoch(
     hidden_out: np.ndarray | None = None,
     hidden_sample: bool = False,
     rows: np.ndarray | None = None,
+    chains: np.ndarray | None = None,
 ) -> EpochStats:
     """One pass of CD-k mini-batch updates over the rows of X, updating params in place.
 
@@ -322,6 +384,12 @@ def cd_epoch(
     With `hidden_out` (rows × n_hidden), each row's positive phase lands in its row: P(h | v)
     under the weights its mini-batch met, or the sampled states with `hidden_sample`. That is
     ParDBN's rough representation, made with the unfinished weights at no extra product.
+
+    PCD (`cfg.cd == "pcd"`, Tieleman 2008) needs `chains` (chains × n_visible, float32, e.g.
+    `initial_chains`): every mini-batch's negative phase is k Gibbs steps from them instead of
+    from its rows, and they are updated in place, so the next batch, round or epoch continues
+    them. It costs one more product per batch than CD: the chains' P(h | v) under the new
+    weights, and the reconstruction from the sampled h0.
     """
     X = np.ascontiguousarray(X, dtype=DTYPE)
     if X.ndim != 2 or X.shape[1] != params.n_visible:
@@ -329,16 +397,21 @@ def cd_epoch(
     expected = (X.shape[0], params.n_hidden)
     if hidden_out is not None and hidden_out.shape != expected:
         raise ValueError(f"hidden_out has shape {hidden_out.shape}, expected {expected}")
+    _check_chains(chains, cfg, params.n_visible)
     order = rows if rows is not None else rng.permutation(X.shape[0]) if shuffle else None
     n_rows = X.shape[0] if order is None else order.shape[0]
     stats = EpochStats(n_rows=n_rows)
     if n_rows == 0:
         return stats
     batch = min(cfg.batch_size, n_rows)
-    buf = _Buffers(batch, params.n_visible, params.n_hidden, with_decay=cfg.weight_decay > 0)
+    n_chains = None if chains is None else chains.shape[0]
+    buf = _Buffers(
+        batch, params.n_visible, params.n_hidden, with_decay=cfg.weight_decay > 0,
+        chains=n_chains,
+    )
     for start in range(0, n_rows, batch):
         stop = min(start + batch, n_rows)
-        views = buf.rows(stop - start)
+        views = buf.rows(stop - start, n_chains)
         if order is None:
             batch_rows: slice | np.ndarray = slice(start, stop)
             np.copyto(views.v0, X[batch_rows])
@@ -349,8 +422,24 @@ def cd_epoch(
         positive = (
             None if hidden_out is None else _row_writer(hidden_out, batch_rows, hidden_sample)
         )
-        stats.recon_sq_error += _cd_batch(params, velocity, cfg, rng, views, positive)
+        stats.recon_sq_error += _cd_batch(params, velocity, cfg, rng, views, positive, chains)
     return stats
+
+
+def _check_chains(chains: np.ndarray | None, cfg: CDConfig, n_visible: int) -> None:
+    """PCD needs its chains, in the shape and type it updates in place; CD takes none."""
+    if cfg.cd == "cd":
+        if chains is not None:
+            raise ValueError("chains are for cd='pcd'; CD-k starts its chains at the data")
+        return
+    if chains is None:
+        raise ValueError("cd='pcd' needs chains (see initial_chains)")
+    if chains.dtype != DTYPE or chains.ndim != 2 or chains.shape[1] != n_visible:
+        raise ValueError(
+            f"chains are {chains.dtype}{list(chains.shape)}, expected float32[chains, {n_visible}]"
+        )
+    if chains.shape[0] < 1 or not chains.flags.c_contiguous:
+        raise ValueError("chains must be a non-empty C-contiguous array")
 
 
 def _row_writer(

@@ -56,6 +56,22 @@ def test_saves_every_n_epochs_and_the_last_and_restores_bit_for_bit(tmp_path: Pa
     assert resumed.resumed == {"layer_0": 3}
 
 
+def test_partitions_local_arrays_round_trip(tmp_path: Path) -> None:
+    """PCD's chains, one array per partition, come back with their partitions and bits; a
+    trainer saved without any comes back with none."""
+    chains = {0: state(5)[:12].reshape(2, 6), 3: state(6)[:18].reshape(3, 6)}
+    checkpoint = Checkpoint(tmp_path / "ck", CONFIG, every=1)
+    checkpoint.save("layer_0", state(1), 1, [RECORD], local=chains)
+    checkpoint.save("layer_1", state(2), 1, [RECORD])
+    resumed = Checkpoint(tmp_path / "ck", CONFIG, every=1)
+    resumed.prepare("resume")
+    local = resumed.restore("layer_0", SIZE).local
+    assert sorted(local) == [0, 3]
+    assert all(local[p].dtype == np.float32 and local[p].tobytes() == chains[p].tobytes()
+               for p in chains)
+    assert resumed.restore("layer_1", SIZE).local == {}
+
+
 def test_every_zero_never_writes(tmp_path: Path) -> None:
     checkpoint = Checkpoint(tmp_path / "ck", CONFIG, every=0)
     checkpoint.save("layer_0", state(1), 3, [], last=True)

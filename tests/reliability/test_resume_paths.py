@@ -4,7 +4,7 @@
   `--if-exists resume`, writes the bit-identical layer of an uninterrupted run.
 - An estimator with `checkpointDir` continues from a checkpoint that the real trainer left
   after two of three epochs, to the bit-identical model of a fit without checkpoints, and
-  removes the checkpoint when it succeeds.
+  removes the checkpoint when it succeeds; with PCD too, whose chains the checkpoint keeps.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import signal
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from sparkdbn.data import prepare
 from sparkdbn.engine.checkpoint import Checkpoint
@@ -68,9 +69,12 @@ def test_pretrain_layer_resumes_bit_identically(fashion_parquet: Path, tmp_path:
     assert sorted(p.name for p in (tmp_path / "killed").iterdir()) == ["out"]  # no checkpoint
 
 
-def test_estimator_continues_from_its_checkpoint(spark, fashion_parquet: Path, tmp_path) -> None:
+@pytest.mark.parametrize("cd", ["cd", "pcd"])
+def test_estimator_continues_from_its_checkpoint(
+    spark, fashion_parquet: Path, tmp_path, cd: str
+) -> None:
     df = spark.read.parquet(str(fashion_parquet / "train"))
-    params = dict(numHidden=8, maxIter=3, numPartitions=2, seed=4, averaging="plain")
+    params = dict(numHidden=8, maxIter=3, numPartitions=2, seed=4, averaging="plain", cd=cd)
     reference = RBM(**params).fit(df)
 
     directory = tmp_path / "checkpoint"
@@ -87,6 +91,7 @@ def test_estimator_continues_from_its_checkpoint(spark, fashion_parquet: Path, t
         )
         trainer.train_epoch(data)
         trainer.train_epoch(data)  # then the fit "dies": its checkpoint holds 2 of 3 epochs
+        assert sorted(trainer.loop.local) == ([0, 1] if cd == "pcd" else [])
     finally:
         data.unpersist()
 

@@ -32,12 +32,13 @@ from sparkdbn.engine.averaging import (
 )
 from sparkdbn.engine.rbm_trainer import LayerTrainer, rbm_step
 from sparkdbn.kernels.averaging import PRETRAINING, AveragingSettings, round_rows
-from sparkdbn.kernels.rbm import CDConfig, RBMParams, cd_epoch, hidden_probs
+from sparkdbn.kernels.rbm import CDConfig, RBMParams, cd_epoch, hidden_probs, initial_chains
 from sparkdbn.metrics import RunLog
 
 N, D, H = 90, 12, 5
 SEED, LAYER = 11, 1
 CFG = CDConfig(k=1, learning_rate=0.1, momentum=0.5, weight_decay=0.0002, batch_size=16)
+PCD = dataclasses.replace(CFG, cd="pcd")
 # The exact-likelihood toy: epochs per strategy, and the least lead of the default over plain.
 TOY_EPOCHS, TOY_MARGIN = 20, 0.3
 
@@ -116,10 +117,11 @@ PLAIN = AveragingSettings("plain")
 
 
 def trainer(
-    spark, seed: int = SEED, epochs: int = 2, averaging: AveragingSettings = PLAIN
+    spark, seed: int = SEED, epochs: int = 2, averaging: AveragingSettings = PLAIN,
+    cfg: CDConfig = CFG,
 ) -> LayerTrainer:
     run = RunLog("sequential", out=io.StringIO())
-    return LayerTrainer(spark, LAYER, initial(), CFG, seed, epochs, run, averaging=averaging)
+    return LayerTrainer(spark, LAYER, initial(), cfg, seed, epochs, run, averaging=averaging)
 
 
 def start_state(n_v: int = D, n_h: int = H) -> np.ndarray:
@@ -210,7 +212,7 @@ def test_chunks_are_weighted_and_put_back_in_order(spark, three_parts) -> None:
     sizes = [len(ids) for ids in partition_ids(three_parts)]
     state = np.arange(5000, dtype=np.float32)
 
-    def step(table: pa.Table, s: np.ndarray, rng: np.random.Generator, rows: np.ndarray):
+    def step(table: pa.Table, s: np.ndarray, rng: np.random.Generator, rows: np.ndarray, _):
         n = rows.size
         return s + np.float32(n), n, np.array([n, 1.0])
 
@@ -337,8 +339,8 @@ state = np.concatenate([params.to_flat(), params.zeros_like().to_flat()])
 cfg = CDConfig(batch_size=16)
 emitting = rbm_emitting_step(12, 5, cfg, False)
 
-def failing_midway(table, s, rng, rows):
-    result, batches = emitting(table, s, rng, rows)
+def failing_midway(table, s, rng, rows, local):
+    result, batches = emitting(table, s, rng, rows, local)
     context = TaskContext.get()
 
     def rows():
@@ -528,12 +530,14 @@ def test_a_round_of_block_momentum_is_its_formula(spark, X, three_parts) -> None
         assert np.array_equal(t.state, x) and np.array_equal(t.loop.delta, delta)
 
 
-def rounds_reference(X, parts, state, epoch, rounds, hidden=None):
+def rounds_reference(X, parts, state, epoch, rounds, hidden=None, cfg=CFG, chains=None):
     """Plain averaging in `rounds` rounds, written out: each partition's epoch order and
     generator come from (seed, layer, epoch, partition); round r trains its r-th slice of
     whole mini-batches, the generator continuing where round r - 1 left it. With `hidden` (a
     dict), the last round's positive phase goes in by row id: the slice's from its own
-    mini-batches, the partition's other rows' under the weights the round starts from."""
+    mini-batches, the partition's other rows' under the weights the round starts from. PCD
+    keeps each partition's chains in `chains` (a dict), from its first rows on, across
+    rounds and epochs."""
     size = D * H + D + H
     generators = {}
     for r in range(rounds):
@@ -550,7 +554,10 @@ def rounds_reference(X, parts, state, epoch, rounds, hidden=None):
             params = RBMParams.from_flat(state[:size], D, H)
             velocity = RBMParams.from_flat(state[size:], D, H)
             out = np.empty((len(ids), H), np.float32)
-            cd_epoch(params, velocity, X[ids], CFG, rng, rows=rows, hidden_out=out)
+            if chains is not None:
+                chains.setdefault(p, initial_chains(X[ids], CFG.batch_size))
+            cd_epoch(params, velocity, X[ids], cfg, rng, rows=rows, hidden_out=out,
+                     chains=None if chains is None else chains[p])
             if hidden is not None and r == rounds - 1:
                 hidden.update(zip(ids[rows].tolist(), out[rows], strict=True))
             generators[p] = rng.bit_generator.state
@@ -561,31 +568,45 @@ def rounds_reference(X, parts, state, epoch, rounds, hidden=None):
     return state
 
 
-def test_rounds_train_each_partitions_next_slice(spark, X, three_parts) -> None:
-    """Three rounds per epoch of plain averaging equal `rounds_reference`, to the bit."""
-    t = trainer(spark, averaging=AveragingSettings("plain", 3))
+@pytest.mark.parametrize("cfg", [CFG, PCD], ids=["cd", "pcd"])
+def test_rounds_train_each_partitions_next_slice(spark, X, three_parts, cfg) -> None:
+    """Three rounds per epoch of plain averaging equal `rounds_reference`, to the bit, staged
+    (one stage per epoch) and cached (one per round); PCD's chains stay each partition's own,
+    from round to round and epoch to epoch."""
     parts = partition_ids(three_parts)
-    expected = start_state()
-    for epoch in range(2):
-        record = t.train_epoch(three_parts)
-        expected = rounds_reference(X, parts, expected, epoch, 3)
-        assert np.array_equal(t.state, expected)
-        assert record.rounds == 3 and len(record.replica_divergence) == 3
+    for data in (three_parts, cached(three_parts)):
+        t = trainer(spark, averaging=AveragingSettings("plain", 3), cfg=cfg)
+        expected, chains = start_state(), {} if cfg.cd == "pcd" else None
+        for epoch in range(2):
+            record = t.train_epoch(data)
+            expected = rounds_reference(X, parts, expected, epoch, 3, cfg=cfg, chains=chains)
+            assert np.array_equal(t.state, expected)
+            assert record.rounds == 3 and len(record.replica_divergence) == 3
+        assert sorted(t.loop.local) == ([0, 1, 2] if chains is not None else [])
+        for p, kept in t.loop.local.items():
+            assert np.array_equal(kept, chains[p])
 
 
-def test_a_rough_version_of_an_epoch_of_rounds(spark, X, three_parts, tmp_path) -> None:
+@pytest.mark.parametrize("cfg", [CFG, PCD], ids=["cd", "pcd"])
+def test_a_rough_version_of_an_epoch_of_rounds(spark, X, three_parts, tmp_path, cfg) -> None:
     """With three rounds per epoch the epoch's last round writes the rough version: the state
-    is the non-publishing epoch's, and each row holds `rounds_reference`'s positive phase."""
+    (and PCD's chains) is the non-publishing epoch's, and each row holds `rounds_reference`'s
+    positive phase."""
     from sparkdbn.engine.store import RepresentationStore
 
     store = RepresentationStore(spark, str(tmp_path / "store"))
     settings = AveragingSettings("plain", 3)
-    plain, publishing = trainer(spark, averaging=settings), trainer(spark, averaging=settings)
+    plain = trainer(spark, averaging=settings, cfg=cfg)
+    publishing = trainer(spark, averaging=settings, cfg=cfg)
     plain.train_epoch(three_parts)
     publishing.train_epoch(three_parts, publish=rough_publish(store, three_parts))
     assert np.array_equal(plain.state, publishing.state)
+    assert plain.loop.local.keys() == publishing.loop.local.keys()
+    assert all(np.array_equal(plain.loop.local[p], publishing.loop.local[p])
+               for p in plain.loop.local)
     hidden: dict[int, np.ndarray] = {}
-    rounds_reference(X, partition_ids(three_parts), start_state(), 0, 3, hidden)
+    chains = {} if cfg.cd == "pcd" else None
+    rounds_reference(X, partition_ids(three_parts), start_state(), 0, 3, hidden, cfg, chains)
     rows = store.read(store.latest()).collect()
     assert sorted(r["id"] for r in rows) == list(range(N))
     for r in rows:

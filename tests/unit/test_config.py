@@ -46,6 +46,7 @@ def test_flags_override_the_file(tmp_path: Path) -> None:
         ("schedule = 'eager'", "config schedule must be one of"),
         ("batch_size = 2.5", "config batch_size must be int"),
         ("sample_visible = 1", "config sample_visible must be bool"),
+        ("cd = 'fast'", "config cd must be one of cd|pcd"),
         ("finetune_dropout = 1.0", "config finetune_dropout must be in [0, 1)"),
         ("baseline_learning_rate = 0", "config baseline_learning_rate must be > 0"),
         ("finetune_lr_schedule = 'step'", "config finetune_lr_schedule must be one of"),
@@ -73,6 +74,16 @@ def test_flags_override_the_file(tmp_path: Path) -> None:
         ("finetune_lr_decay = 0.9", "applies to the exponential schedule only"),
         ("finetune_epochs = -1", "config finetune_epochs must be >= 0"),
         ("test = 'data/test'\nfinetune_epochs = 0", "finetune_epochs is 0 (pretraining only)"),
+        # The monitors and the log-likelihood
+        ("validation_fraction = 1.0", "config validation_fraction must be in [0, 1)"),
+        ("pseudo_likelihood_bits = -1", "config pseudo_likelihood_bits must be >= 0"),
+        ("ais_chains = 1", "config ais_chains must be >= 2, got 1"),
+        ("validation = 'v'\nvalidation_fraction = 0.1",
+         "config validation and validation_fraction both give validation data"),
+        ("validation_fraction = 0.1\nlayers = [4, 3, 2]\nschedule = 'tied'",
+         "need schedule sequential, got 'tied'"),
+        ("log_likelihood = true\nvisible = 'gaussian'",
+         "config log_likelihood needs Bernoulli visible units, got visible 'gaussian'"),
     ],
 )
 def test_bad_values_name_their_key(tmp_path: Path, text: str, message: str) -> None:

@@ -71,6 +71,7 @@ def test_the_package_has_no_import_cycles() -> None:
 LAYERS = {
     "kernels": {
         "kernels", "kernels.rbm", "kernels.mlp", "kernels.averaging", "kernels.likelihood",
+        "kernels.monitors",
     },
     "foundations": {
         "config", "data", "datasets", "columns", "staging", "model", "logs", "metrics",

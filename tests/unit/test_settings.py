@@ -36,7 +36,9 @@ ROOT = Path(__file__).resolve().parents[2]
 
 # The public names: renaming one breaks users' config files, scripts and notebooks.
 KEYS = [
-    "train", "test", "output", "layers", "visible", "epochs", "k", "learning_rate", "momentum",
+    "train", "test", "validation", "validation_fraction", "pseudo_likelihood_bits",
+    "log_likelihood", "ais_chains", "ais_betas", "output", "layers", "visible", "epochs", "k",
+    "cd", "learning_rate", "momentum",
     "final_momentum", "momentum_epochs", "weight_decay", "batch_size", "sample_visible",
     "averaging", "rounds_per_epoch", "block_momentum", "block_learning_rate", "local_momentum",
     "local_lr_scale", "local_batch_size", "lr_warmup_epochs", "representation", "schedule",
@@ -48,10 +50,11 @@ KEYS = [
     "fault_injection", "mlflow", "mlflow_tracking_uri", "mlflow_experiment",
 ]
 PRETRAIN_PARAMS = [
-    "averaging", "batchSize", "blockLearningRate", "blockMomentum", "checkpointDir",
+    "averaging", "batchSize", "blockLearningRate", "blockMomentum", "cd", "checkpointDir",
     "checkpointInterval", "featuresCol", "k", "learningRate", "localBatchSize", "localLrScale",
     "localMomentum", "lrWarmupEpochs", "maxIter", "momentum", "numPartitions",
-    "roundsPerEpoch", "seed", "visible", "weightDecay",
+    "pseudoLikelihoodBits", "roundsPerEpoch", "seed", "validationFraction", "visible",
+    "weightDecay",
 ]
 STACK_PARAMS = [
     "cacheVersions", "finalEpochs", "keepVersions", "layers", "publishEvery", "representation",
