@@ -38,8 +38,10 @@ train: $(PARQUET)/train/_SUCCESS
 	$(PY) jobs/train_dbn.py --config $(CONFIG) --train $(PARQUET)/train --test $(PARQUET)/test \
 		--output $(OUT) --if-exists overwrite $(TRAIN_ARGS)
 
+# Two workers, one test file each at a time: the suite waits mostly on JVM starts and small
+# Spark jobs, so a second worker fills the second core. The slowest tests are listed at the end.
 test: install
-	$(PY) -m pytest
+	$(PY) -m pytest -n 2 --dist loadfile --durations=15
 
 # The benchmark measures best on an otherwise idle machine; see README "Performance".
 bench: install

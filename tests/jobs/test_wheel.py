@@ -31,10 +31,10 @@ def test_train_from_a_wheel(wheel_venv: Path, fashion_parquet: Path, tmp_path: P
     run_script(
         wheel_venv, "sparkdbn-train", tmp_path, "--train", str(fashion_parquet / "train"),
         "--test", str(fashion_parquet / "test"), "--output", "run", "--layers", "784,16",
-        "--epochs", "1", "--finetune-epochs", "1", "--averaging", "plain",
+        "--epochs", "1", "--finetune-epochs", "5", "--averaging", "plain",
     )
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
-    assert 0 <= metrics["test_accuracy"] <= 1
+    assert metrics["test_accuracy"] > 0.25  # chance is 0.1; a broken wheel's model scores near it
     assert (tmp_path / "run" / "model").is_dir()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]  # its own store is gone
 
