@@ -29,7 +29,8 @@ from sparkdbn.kernels.averaging import (
     AveragingSettings,
 )
 from sparkdbn.kernels.likelihood import DEFAULT_BETAS, DEFAULT_CHAINS
-from sparkdbn.kernels.mlp import LR_SCHEDULES, SGDConfig
+from sparkdbn.kernels.mlp import SGDConfig
+from sparkdbn.kernels.rates import LR_SCHEDULES
 from sparkdbn.kernels.rbm import CD_VARIANTS, VISIBLE_TYPES, CDConfig
 from sparkdbn.settings import (
     CLASSIFIER,
@@ -134,7 +135,20 @@ class TrainConfig:
         "CD, Tieleman 2008: at each partition's chains, kept across mini-batches and epochs)",
         one_of(CD_VARIANTS),
     )
+    pcd_chains: int = _pretrain(
+        CDConfig.pcd_chains, "persistent chains per partition under cd pcd", POSITIVE
+    )
     learning_rate: float = _pretrain(CDConfig.learning_rate, "CD learning rate", POSITIVE)
+    lr_schedule: str = _pretrain(
+        "exponential",
+        "CD learning rate schedule over the epochs: exponential (factor lr_decay per epoch; the "
+        "default 1 keeps it constant) | cosine | linear (both anneal it to 0; linear is "
+        "Tieleman's for pcd)",
+        one_of(LR_SCHEDULES),
+    )
+    lr_decay: float = _pretrain(
+        1.0, "CD learning rate factor per epoch, for the exponential schedule", POSITIVE
+    )
     momentum: float = _pretrain(
         CDConfig.momentum, "CD momentum of the first momentum_epochs epochs", FRACTION
     )
@@ -242,7 +256,8 @@ class TrainConfig:
         1.0, "fine-tuning learning rate factor per epoch, for the exponential schedule", POSITIVE
     )
     finetune_lr_schedule: str = _classifier(
-        "cosine", "fine-tuning learning rate schedule (cosine anneals it to 0)",
+        "cosine", "fine-tuning learning rate schedule: exponential (factor finetune_lr_decay "
+        "per epoch) | cosine | linear (both anneal it to 0)",
         one_of(LR_SCHEDULES),
     )
     n_classes: int | None = setting(
@@ -336,13 +351,14 @@ def check_relations(values: Mapping[str, Any], source: Source = CONFIG) -> None:
             f"under {source.name(schedule)} {values['schedule']}, got {values['final_epochs']}"
         )
     _check_monitors(values, source)
-    decay, lr_schedule = BY_KEY["finetune_lr_decay"], BY_KEY["finetune_lr_schedule"]
-    if values["finetune_lr_schedule"] != "exponential" and values["finetune_lr_decay"] != 1.0:
-        raise InputError(
-            f"{source.where(decay)} applies to the exponential schedule only "
-            f"({source.name(lr_schedule)} is {values['finetune_lr_schedule']!r}), "
-            f"got {values['finetune_lr_decay']!r}"
-        )
+    for prefix in ("", "finetune_"):
+        decay, lr_schedule = BY_KEY[f"{prefix}lr_decay"], BY_KEY[f"{prefix}lr_schedule"]
+        if values[lr_schedule.key] != "exponential" and values[decay.key] != 1.0:
+            raise InputError(
+                f"{source.where(decay)} applies to the exponential schedule only "
+                f"({source.name(lr_schedule)} is {values[lr_schedule.key]!r}), "
+                f"got {values[decay.key]!r}"
+            )
 
 
 def _check_monitors(values: Mapping[str, Any], source: Source) -> None:

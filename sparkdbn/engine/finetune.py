@@ -19,7 +19,8 @@ from sparkdbn.engine.faults import failing_first_attempt
 from sparkdbn.engine.rounds import EpochResult
 from sparkdbn.engine.trainer import AveragingTrainer, EpochPlan
 from sparkdbn.kernels.averaging import AUTO, FINETUNING, AveragingSettings
-from sparkdbn.kernels.mlp import MLPParams, SGDConfig, learning_rate_at, sgd_epoch
+from sparkdbn.kernels.mlp import MLPParams, SGDConfig, sgd_epoch
+from sparkdbn.kernels.rates import learning_rate_at
 from sparkdbn.logs import Reporter, as_reporter
 
 

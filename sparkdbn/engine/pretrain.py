@@ -27,6 +27,7 @@ def cd_config(cfg: TrainConfig, layer: int) -> CDConfig:
         visible=cfg.visible if layer == 0 else "bernoulli",
         sample_visible=cfg.sample_visible,
         cd=cfg.cd,
+        pcd_chains=cfg.pcd_chains,
     )
 
 
@@ -39,12 +40,12 @@ def layer_trainer(
     pool: str | None = None,
     checkpoint: Checkpoint | None = None,
 ) -> LayerTrainer:
-    """A trainer for `layer` with the run's CD settings, momentum schedule, checkpoint (which
-    may hold where it left off) and fault injection."""
+    """A trainer for `layer` with the run's CD settings, momentum and rate schedules,
+    checkpoint (which may hold where it left off) and fault injection."""
     return LayerTrainer(
         spark, layer, params, cd_config(cfg, layer), cfg.seed, cfg.epochs, run, pool,
         cfg.final_momentum, cfg.momentum_epochs, checkpoint, cfg.fail_partitions,
-        cfg.averaging_settings,
+        cfg.averaging_settings, cfg.lr_schedule, cfg.lr_decay,
     )
 
 

@@ -32,6 +32,7 @@ from sparkdbn.engine.rounds import EpochResult
 from sparkdbn.engine.store import Batches, checksum_of, checksum_terms
 from sparkdbn.engine.trainer import AveragingTrainer, EpochPlan
 from sparkdbn.kernels.averaging import AUTO, PRETRAINING, AveragingSettings
+from sparkdbn.kernels.rates import learning_rate_at
 from sparkdbn.kernels.rbm import (
     DTYPE,
     CDConfig,
@@ -54,8 +55,8 @@ def _epoch(
 
     PCD's chains are the partition's `local` array: they stay with the partition, never
     averaged, since each chain is a sample of its own and a mean of samples is none. The
-    first round starts them at the partition's first rows (`initial_chains`), one per row of
-    a mini-batch."""
+    first round starts them at the partition's first rows (`initial_chains`), `pcd_chains`
+    of them."""
     size = n_visible * n_hidden + n_visible + n_hidden
     X = unpack_rows(table.column(PACKED_X), n_visible)
     new_state = np.array(state, DTYPE)  # trained in place through the views below
@@ -64,7 +65,7 @@ def _epoch(
     chains = None
     if cfg.cd == "pcd":
         carried = local.array
-        start = initial_chains(X, min(cfg.batch_size, len(X))) if carried is None else carried
+        start = initial_chains(X, cfg.pcd_chains) if carried is None else carried
         chains = np.array(start, DTYPE)  # a copy: a retried task starts from the same chains
     stats = cd_epoch(
         params, velocity, X, cfg, rng, hidden_out=hidden_out, hidden_sample=sample, rows=rows,
@@ -174,6 +175,8 @@ class LayerTrainer(AveragingTrainer[EpochRecord]):
         checkpoint: Checkpoint | None = None,
         fail_partitions: frozenset[int] = frozenset(),
         averaging: AveragingSettings = AUTO,
+        lr_schedule: str = "exponential",
+        lr_decay: float = 1.0,
     ) -> None:
         self.layer = layer
         self.cfg = cfg
@@ -184,6 +187,7 @@ class LayerTrainer(AveragingTrainer[EpochRecord]):
         self.log: LayerLog = run.layer(layer, self.n_visible, self.n_hidden)
         self.final_momentum = final_momentum
         self.momentum_epochs = momentum_epochs
+        self.lr_schedule, self.lr_decay = lr_schedule, lr_decay
         self.fail_partitions = fail_partitions
         super().__init__(
             spark, f"layer_{layer}", f"layer {layer}", {"layer": layer}, initial_state(params),
@@ -195,10 +199,15 @@ class LayerTrainer(AveragingTrainer[EpochRecord]):
         return RBMParams.from_flat(self.state[: self.param_size], self.n_visible, self.n_hidden)
 
     def epoch_config(self) -> CDConfig:
-        """Hinton's schedule: the initial momentum first, then `final_momentum` if set."""
-        if self.final_momentum is None or self.epoch < self.momentum_epochs:
-            return self.cfg
-        return dataclasses.replace(self.cfg, momentum=self.final_momentum)
+        """The epoch's rate on its schedule (`learning_rate_at`), and Hinton's momentum
+        schedule: the initial momentum first, then `final_momentum` if set."""
+        momentum = self.cfg.momentum
+        if self.final_momentum is not None and self.epoch >= self.momentum_epochs:
+            momentum = self.final_momentum
+        rate = learning_rate_at(
+            self.cfg.learning_rate, self.epoch, self.epochs, self.lr_schedule, self.lr_decay
+        )
+        return dataclasses.replace(self.cfg, learning_rate=rate, momentum=momentum)
 
     def record_from(self, saved: dict[str, Any]) -> EpochRecord:
         return EpochRecord(**saved)

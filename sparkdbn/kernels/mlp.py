@@ -18,7 +18,6 @@ float64 parameters and data are accepted so that gradients can be checked exactl
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from itertools import pairwise
 
@@ -124,25 +123,6 @@ class SGDConfig:
         for name, ok in checks.items():
             if not ok:
                 raise ValueError(f"invalid SGD setting {name}={getattr(self, name)!r}")
-
-
-LR_SCHEDULES = ("exponential", "cosine")
-
-
-def learning_rate_at(
-    base: float, epoch: int, epochs: int, schedule: str = "exponential", decay: float = 1.0
-) -> float:
-    """The fine-tuning rate of `epoch` (0-based) out of `epochs`.
-
-    exponential: base·decay^epoch (decay 1 keeps it constant). cosine: base·½(1 + cos(π·e/E)),
-    annealed towards 0 by the last epoch, so the final model sits in a minimum instead of
-    bouncing around one at a still-large rate (Loshchilov & Hutter, SGDR, without restarts).
-    """
-    if schedule == "exponential":
-        return base * decay**epoch
-    if schedule == "cosine":
-        return base * 0.5 * (1.0 + math.cos(math.pi * epoch / epochs))
-    raise ValueError(f"learning-rate schedule must be one of {LR_SCHEDULES}, got {schedule!r}")
 
 
 @dataclass

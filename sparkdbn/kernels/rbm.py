@@ -103,6 +103,7 @@ class CDConfig:
     visible: Visible = "bernoulli"
     sample_visible: bool = False
     cd: str = "cd"
+    pcd_chains: int = 100  # Tieleman's fantasy particles; fewer lag behind the weights
 
     def __post_init__(self) -> None:
         checks = {
@@ -113,6 +114,7 @@ class CDConfig:
             "batch_size": self.batch_size >= 1,
             "visible": self.visible in VISIBLE_TYPES,
             "cd": self.cd in CD_VARIANTS,
+            "pcd_chains": self.pcd_chains >= 1,
         }
         for name, ok in checks.items():
             if not ok:

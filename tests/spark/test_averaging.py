@@ -555,7 +555,7 @@ def rounds_reference(X, parts, state, epoch, rounds, hidden=None, cfg=CFG, chain
             velocity = RBMParams.from_flat(state[size:], D, H)
             out = np.empty((len(ids), H), np.float32)
             if chains is not None:
-                chains.setdefault(p, initial_chains(X[ids], CFG.batch_size))
+                chains.setdefault(p, initial_chains(X[ids], CFG.pcd_chains))
             cd_epoch(params, velocity, X[ids], cfg, rng, rows=rows, hidden_out=out,
                      chains=None if chains is None else chains[p])
             if hidden is not None and r == rounds - 1:
@@ -667,3 +667,16 @@ def test_the_default_beats_plain_averaging_in_exact_likelihood(spark) -> None:
         data.unpersist()
     assert scores["auto"] > scores["plain"] + TOY_MARGIN, scores
     assert scores["auto"] < bound
+
+
+def test_the_rate_follows_its_schedule_over_the_epochs(spark) -> None:
+    """lr_schedule reaches the epochs' CD settings; the default (exponential, decay 1) keeps
+    the configured rate itself."""
+    t = LayerTrainer(spark, 0, initial(), CFG, SEED, 10, RunLog("x", out=io.StringIO()),
+                     lr_schedule="linear")
+    rates = []
+    for epoch in range(10):
+        t.epoch = epoch
+        rates.append(t.epoch_config().learning_rate)
+    assert rates == pytest.approx([CFG.learning_rate * (1 - e / 10) for e in range(10)])
+    assert trainer(spark).epoch_config().learning_rate == CFG.learning_rate

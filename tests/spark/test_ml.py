@@ -20,7 +20,7 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from sparkdbn.errors import InputError
-from sparkdbn.kernels.mlp import learning_rate_at
+from sparkdbn.kernels.rates import learning_rate_at
 from sparkdbn.ml import DBN, RBM, DBNClassificationModel, DBNClassifier, DBNModel, RBMModel
 
 # Observed on the 2,000 / 500 fixture (seed 1, 2 partitions): 0.756 with Bernoulli units, 0.768

@@ -16,11 +16,11 @@ from sparkdbn.kernels.mlp import (
     forward,
     from_pretrained,
     init_mlp,
-    learning_rate_at,
     loss_and_grads,
     predict_proba,
     sgd_epoch,
 )
+from sparkdbn.kernels.rates import learning_rate_at
 
 
 def random_params(sizes: list[int], rng: np.random.Generator) -> MLPParams:
@@ -325,6 +325,10 @@ def test_learning_rate_schedules():
     assert rates[0] == 0.2 and rates[5] == pytest.approx(0.1)
     assert all(a > b for a, b in pairwise(rates)) and 0 < rates[-1] < 0.006
     assert rates[-1] == pytest.approx(0.2 * (1 - np.cos(np.pi / 10)) / 2)
+    # linear: base·(1 − e/E), a tenth of the rate at the last of 10 epochs
+    assert [learning_rate_at(0.2, e, 10, "linear") for e in (0, 5, 9)] == pytest.approx(
+        [0.2, 0.1, 0.02]
+    )
     with pytest.raises(ValueError, match="schedule must be one of"):
         learning_rate_at(0.1, 0, 10, "step")
 

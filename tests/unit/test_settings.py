@@ -38,7 +38,7 @@ ROOT = Path(__file__).resolve().parents[2]
 KEYS = [
     "train", "test", "validation", "validation_fraction", "pseudo_likelihood_bits",
     "log_likelihood", "ais_chains", "ais_betas", "output", "layers", "visible", "epochs", "k",
-    "cd", "learning_rate", "momentum",
+    "cd", "pcd_chains", "learning_rate", "lr_schedule", "lr_decay", "momentum",
     "final_momentum", "momentum_epochs", "weight_decay", "batch_size", "sample_visible",
     "averaging", "rounds_per_epoch", "block_momentum", "block_learning_rate", "local_momentum",
     "local_lr_scale", "local_batch_size", "lr_warmup_epochs", "representation", "schedule",
@@ -52,7 +52,8 @@ KEYS = [
 PRETRAIN_PARAMS = [
     "averaging", "batchSize", "blockLearningRate", "blockMomentum", "cd", "checkpointDir",
     "checkpointInterval", "featuresCol", "k", "learningRate", "localBatchSize", "localLrScale",
-    "localMomentum", "lrWarmupEpochs", "maxIter", "momentum", "numPartitions",
+    "localMomentum", "lrDecay", "lrSchedule", "lrWarmupEpochs", "maxIter", "momentum",
+    "numPartitions", "pcdChains",
     "pseudoLikelihoodBits", "roundsPerEpoch", "seed", "validationFraction", "visible",
     "weightDecay",
 ]
