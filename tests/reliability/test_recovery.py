@@ -30,12 +30,13 @@ from sparkdbn.engine.checkpoint import MANIFEST, checkpoint_dir
 from tests.conftest import run_job, start_job
 
 EPOCHS, FINETUNE_EPOCHS, ROUNDS = 5, 4, 3
-# Three averaging rounds per epoch with Nesterov block momentum: kills between rounds, and
-# retried tasks inside them, must not change a bit either.
+# Three averaging rounds per epoch with Nesterov block momentum, and PCD's persistent chains:
+# kills between rounds, and retried tasks inside them, must not change a bit either.
 ARGS = (
     "--layers", "784,32,16", "--epochs", str(EPOCHS), "--partitions", "2",
     "--finetune-epochs", str(FINETUNE_EPOCHS), "--checkpoint-every", "1", "--seed", "3",
     "--averaging", "nesterov", "--rounds-per-epoch", str(ROUNDS),
+    "--cd", "pcd", "--lr-schedule", "linear",  # the partitions' chains must survive too
 )  # fmt: skip
 POLL_SECONDS = 0.02
 KILL_DEADLINE_SECONDS = 600
