@@ -233,7 +233,9 @@ def database(
     """A database whose tables live in a temporary directory, holding the test split."""
     location = tmp_path_factory.mktemp("catalog")
     spark.sql(f"CREATE DATABASE IF NOT EXISTS sparkdbn_predict LOCATION '{location}'")
-    spark.read.parquet(str(fashion_parquet / "test")).write.saveAsTable("sparkdbn_predict.test")
+    for split in ("train", "test"):
+        frame = spark.read.parquet(str(fashion_parquet / split))
+        frame.write.saveAsTable(f"sparkdbn_predict.{split}")
     yield "sparkdbn_predict"
     spark.sql("DROP DATABASE sparkdbn_predict CASCADE")
 
@@ -256,6 +258,28 @@ def test_overwrite_replaces_a_table_and_evaluate_reads_one(
                                str(fashion_parquet / "test"), "--output", str(tmp_path / "p.json"))
     assert from_table.returncode == 0 and from_path.returncode == 0, from_table.stderr
     assert (tmp_path / "t.json").read_text() == (tmp_path / "p.json").read_text()
+
+
+def test_train_dbn_reads_tables_from_its_config_and_flags(
+    database: str, fashion_parquet: Path, tmp_path: Path
+) -> None:
+    """`train = "table:…"` in the TOML and `--test table:…` train the model the Parquet
+    paths train, bit for bit."""
+    config = tmp_path / "tables.toml"
+    config.write_text(f'train = "table:{database}.train"\n')
+    common = ("--layers", "784,8", "--epochs", "1", "--finetune-epochs", "1",
+              "--averaging", "plain")
+    from_tables = run_in_process("train_dbn", "--config", str(config), "--test",
+                                 f"table:{database}.test", "--output", str(tmp_path / "t"),
+                                 *common)
+    from_paths = run_in_process("train_dbn", "--train", str(fashion_parquet / "train"),
+                                "--test", str(fashion_parquet / "test"), "--output",
+                                str(tmp_path / "p"), *common)
+    assert from_tables.returncode == 0 and from_paths.returncode == 0, from_tables.stderr
+    ours, theirs = DBNModel.load(tmp_path / "t" / "model"), DBNModel.load(tmp_path / "p" / "model")
+    assert np.array_equal(ours.layers[0].W, theirs.layers[0].W)
+    metrics = [json.loads((tmp_path / run / "metrics.json").read_text()) for run in "tp"]
+    assert metrics[0]["test_accuracy"] == metrics[1]["test_accuracy"]
 
 
 @pytest.mark.parametrize(("if_exists", "code"), [("resume", 0), ("error", 2)])
