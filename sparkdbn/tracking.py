@@ -12,11 +12,14 @@ the per-epoch metrics as the trainers report them (`observe`: the reporter's eve
 place progress flows through), with `step` the epoch from 1; the final metrics, tags and the
 outputs as artifacts (`log_outputs`); and a fine-tuned classifier also as a pyfunc model
 (`sparkdbn/serving.py`). A run that fails is marked FAILED, with its error as a tag and its
-traceback as error.txt.
+traceback as error.txt. `mlflow_tracking_uri` holds for the run only: mlflow.set_tracking_uri
+also sets MLFLOW_TRACKING_URI, which would send the caller's later trainings, and the
+processes it starts, to that store too.
 """
 
 from __future__ import annotations
 
+import importlib.resources
 import importlib.util
 import os
 import sys
@@ -37,7 +40,7 @@ from sparkdbn.errors import InputError
 from sparkdbn.logs import Reporter
 from sparkdbn.outputs import metrics_dict, write_outputs
 
-SERVING = Path(__file__).with_name("serving.py")
+SERVING = "serving.py"  # a resource of the package: a file, or inside the zip of --py-files
 PYFUNC_NAME = "classifier"  # the pyfunc model's name in the run
 MODEL_DIR = "model"  # OUTPUT/model: the npz + JSON model directory
 
@@ -92,14 +95,24 @@ class MlflowTracking(Tracking):
 
         self.mlflow = mlflow
         self.cfg = cfg
-        if cfg.mlflow_tracking_uri:
-            mlflow.set_tracking_uri(cfg.mlflow_tracking_uri)
-        self.client = mlflow.MlflowClient()
+        self.client = mlflow.MlflowClient(cfg.mlflow_tracking_uri)
         self.run_id: str | None = None
         self._lock = threading.Lock()  # events come from the layers' driver threads too
 
     @contextmanager
     def run(self, spark: SparkSession, name: str) -> Iterator[None]:
+        uri, before = self.cfg.mlflow_tracking_uri, os.environ.get("MLFLOW_TRACKING_URI")
+        if uri:
+            self.mlflow.set_tracking_uri(uri)
+        try:
+            with self._run(spark, name):
+                yield
+        finally:
+            if uri:
+                self.mlflow.set_tracking_uri(before)  # None unsets MLFLOW_TRACKING_URI too
+
+    @contextmanager
+    def _run(self, spark: SparkSession, name: str) -> Iterator[None]:
         mlflow = self.mlflow
         parent = mlflow.active_run()
         experiment_id = parent.info.experiment_id if parent is not None else None
@@ -178,13 +191,19 @@ class MlflowTracking(Tracking):
             inputs=Schema([ColSpec(Array("double"), FEATURES)]),
             outputs=Schema([ColSpec("double", PREDICTION), ColSpec(Array("double"), PROBABILITY)]),
         )
-        self.mlflow.pyfunc.log_model(
-            name=PYFUNC_NAME,
-            python_model=str(SERVING),
-            artifacts={ARTIFACT: str(model_dir)},
-            signature=signature,
-            pip_requirements=[f"sparkdbn=={sparkdbn.__version__}", f"numpy=={np.__version__}"],
-        )
+        source = importlib.resources.files(sparkdbn).joinpath(SERVING).read_text()
+        with tempfile.TemporaryDirectory(prefix="sparkdbn-pyfunc-") as tmp:
+            code = Path(tmp, SERVING)
+            code.write_text(source)
+            self.mlflow.pyfunc.log_model(
+                name=PYFUNC_NAME,
+                python_model=str(code),
+                artifacts={ARTIFACT: str(model_dir)},
+                signature=signature,
+                pip_requirements=[
+                    f"sparkdbn=={sparkdbn.__version__}", f"numpy=={np.__version__}"
+                ],
+            )
 
 
 def _param(value: Any) -> str:

@@ -9,6 +9,7 @@ The job runs through its main in this process, on the test session (`run_in_proc
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -16,6 +17,7 @@ from pathlib import Path
 
 import mlflow
 import numpy as np
+import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 from pyspark.sql import functions as F
@@ -32,6 +34,15 @@ TINY = ["--layers", "784,16", "--epochs", str(EPOCHS), "--finetune-epochs",
         str(FINETUNE_EPOCHS), "--partitions", "2", "--seed", "3"]
 
 
+@pytest.fixture(autouse=True)
+def tracking_uri_restored():
+    """The tests' own mlflow.set_tracking_uri also sets MLFLOW_TRACKING_URI, which later tests
+    in this worker, and the jobs they start, would inherit and track to."""
+    before = os.environ.get("MLFLOW_TRACKING_URI")
+    yield
+    mlflow.set_tracking_uri(before)
+
+
 @pytest.fixture(scope="module")
 def store(tmp_path_factory: pytest.TempPathFactory) -> str:
     """The tracking URI of a fresh SQLite store (MLflow 3 refuses its file store by default),
@@ -40,7 +51,7 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> str:
     root = tmp_path_factory.mktemp("mlflow")
     uri = f"sqlite:///{root / 'mlflow.db'}"
     client = MlflowClient(uri)
-    for name in ("job", "notebook", "failing"):
+    for name in ("job", "notebook", "failing", "zip"):
         client.create_experiment(name, artifact_location=(root / name).as_uri())
     return uri
 
@@ -171,6 +182,7 @@ def test_an_estimator_logs_a_nested_run_inside_the_active_one(
 def test_a_failing_run_is_marked_failed_with_its_error(
     store: str, fashion_parquet: Path, tmp_path: Path
 ) -> None:
+    before = os.environ.get("MLFLOW_TRACKING_URI")
     done = train_tracked(
         store, "failing", tmp_path / "out", "--train", str(fashion_parquet / "train"),
         "--layers", "100,16", "--epochs", "1",
@@ -180,6 +192,39 @@ def test_a_failing_run_is_marked_failed_with_its_error(
     assert run.info.status == "FAILED"
     assert "starts with 100 visible units" in run.data.tags["error"]
     assert not (tmp_path / "out").exists()
+    assert os.environ.get("MLFLOW_TRACKING_URI") == before  # the URI was the run's alone
+
+
+FROM_ZIP = """
+import sys
+from pyspark.sql import SparkSession
+sys.path.insert(0, sys.argv[1])
+import sparkdbn
+assert sparkdbn.__file__.startswith(sys.argv[1]), sparkdbn.__file__
+from sparkdbn.jobs.train_dbn import main
+
+SparkSession.builder.master("local[1]").config("spark.ui.enabled", "false").getOrCreate()
+main(sys.argv[2:])
+"""
+
+
+def test_a_job_from_the_py_files_zip_logs_its_pyfunc_model(
+    store: str, pyfiles_zip: Path, fashion_parquet: Path, tmp_path: Path
+) -> None:
+    """Under spark-submit --py-files sparkdbn.zip the package is no directory: the pyfunc
+    model's code is read from the zip as a resource of the package."""
+    result = subprocess.run(
+        [sys.executable, "-c", FROM_ZIP, str(pyfiles_zip), "--mlflow", "--mlflow-tracking-uri",
+         store, "--mlflow-experiment", "zip", "--train", str(fashion_parquet / "train"),
+         "--test", str(fashion_parquet / "test"), "--output", str(tmp_path / "out"),
+         "--layers", "784,8", "--epochs", "1", "--finetune-epochs", "1"],
+        cwd=tmp_path, env=conftest.job_env(), capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    mlflow.set_tracking_uri(store)
+    served = mlflow.pyfunc.load_model(logged_model_uri(store, only_run(store, "zip")))
+    got = served.predict(pd.DataFrame({"features": [np.full(784, 0.5)]}))
+    assert list(got.columns) == ["prediction", "probability"]
 
 
 OFF = """
