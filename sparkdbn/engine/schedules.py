@@ -245,7 +245,8 @@ def run_layer(
     here is only when the layer trains and on which input. A layer the checkpoint holds
     continues from its saved state and epoch on the newest version in the store below (a tied
     layer needs no tie point then); a finished one only publishes its final version again if
-    the store lacks it (killed between the two).
+    the store lacks it (killed between the two). With `monitoring`, its epochs are measured
+    and its versions carry their validation rows.
     """
     resumed = checkpoint is not None and checkpoint.has(f"layer_{layer}")
     tying = tie_policy(cfg, shared)
