@@ -362,21 +362,13 @@ def check_relations(values: Mapping[str, Any], source: Source = CONFIG) -> None:
 
 
 def _check_monitors(values: Mapping[str, Any], source: Source) -> None:
-    """One source of validation data; monitors follow a layer's input only when it is the
-    final one (sequential), and the log-likelihood's formulas are for Bernoulli units."""
+    """One source of validation data, and the log-likelihood's formulas are for Bernoulli
+    units."""
     validation, fraction = BY_KEY["validation"], BY_KEY["validation_fraction"]
     if values["validation"] is not None and values["validation_fraction"] > 0:
         raise InputError(
             f"{source.where(validation)} and {source.name(fraction)} both give validation "
             "data: set one of them"
-        )
-    monitored = values["validation"] is not None or values["validation_fraction"] > 0
-    if monitored and values["schedule"] != "sequential" and len(values["layers"]) > 2:
-        raise InputError(
-            f"the overfitting monitors ({source.name(fraction)}, {source.name(validation)}) "
-            f"need schedule sequential, got {values['schedule']!r}: under the concurrent "
-            "schedules an upper layer's input is a rough version the validation rows cannot "
-            "follow"
         )
     if values["log_likelihood"] and values["visible"] != "bernoulli":
         raise InputError(

@@ -6,7 +6,9 @@ A layer publishes rough versions after `start_after` of its epochs and then ever
 the epoch's own stage where that can run and `rough_versions = "in_epoch"` asks for it (the
 positive phase the epoch computes anyway); otherwise, and for the final version, it is a pass
 of its own with the epoch's averaged weights. The schedules decide when a layer trains and on
-which input; what it publishes is decided here, in one place for all of them.
+which input; what it publishes is decided here, in one place for all of them. With the
+overfitting monitors on, each version also gets its validation rows (`Monitoring.publish`),
+and loses them when the store collects it.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from pyspark.sql import SparkSession
 from sparkdbn.config import TrainConfig
 from sparkdbn.data import PACKED_ID, PACKED_LABEL, PACKED_X, PackedData
 from sparkdbn.engine.jobinfo import described
+from sparkdbn.engine.monitors import Monitoring
 from sparkdbn.engine.rbm_trainer import LayerTrainer, RoughPublish
 from sparkdbn.engine.representation import hidden_batches
 from sparkdbn.engine.store import Batches, RepresentationStore
@@ -53,12 +56,16 @@ class Publisher:
     """One layer's versions in the store above it, under its `policy`.
 
     `at_start`: the layer publishes a version made with its starting weights before it trains
-    (a tied layer, whose start is the trained layer below).
+    (a tied layer, whose start is the trained layer below). With `monitoring`, `validation`
+    gives the validation rows of the input the layer trains on at the time, which each
+    version maps with the weights it is made with.
     """
 
     def __init__(
         self, spark: SparkSession, store: RepresentationStore, trainer: LayerTrainer,
         cfg: TrainConfig, policy: PublishPolicy, at_start: bool = False,
+        monitoring: Monitoring | None = None,
+        validation: Callable[[], PackedData | None] | None = None,
     ) -> None:
         self.spark = spark
         self.store = store
@@ -67,6 +74,8 @@ class Publisher:
         self.seed = cfg.seed
         self.policy = policy
         self.at_start = at_start
+        self.monitoring, self.validation = monitoring, validation
+        self._in_epoch: int | None = None  # the number of the version the running epoch wrote
 
     def in_epoch(self, data: PackedData) -> RoughPublish | None:
         """The rough version the coming epoch over `data` writes itself, if it writes one."""
@@ -87,6 +96,9 @@ class Publisher:
     def after_epoch(self, data: PackedData, published: bool) -> None:
         """After an epoch over `data` (which `published` a version itself or not): the final
         version after the last epoch, a rough version where the policy wants one."""
+        if self._in_epoch is not None:  # its rows came from the epoch; its weights are now known
+            self._follow(self._in_epoch)
+            self._in_epoch = None
         if self.trainer.done:
             self.publish(data, final=True)
         elif self.policy.rough_after(self.trainer.epoch) and not published:
@@ -104,14 +116,24 @@ class Publisher:
         text = f"layer {trainer.layer} · publish after epoch {trainer.epoch}"
         batches = hidden_batches(trainer.params, self.representation, seed_key)
         with described(self.spark, text, trainer.pool):
-            self._commit(data, trainer.epoch, batches, final=final)
+            number = self._commit(data, trainer.epoch, batches, final=final)
+        self._follow(number)
+
+    def _follow(self, number: int) -> None:
+        """Version `number`'s validation rows, through the weights the trainer has now."""
+        if self.monitoring is not None:
+            trainer = self.trainer
+            self.monitoring.publish(
+                trainer.layer, number, self.validation(), trainer.params, trainer.epoch,
+                trainer.pool,
+            )
 
     def _commit(
         self, data: PackedData, epoch: int, batches: Batches, final: bool = False,
         in_epoch: bool = False, before_commit: Callable[[], None] | None = None,
-    ) -> None:
+    ) -> int:
         """Publish `data` through `batches` (rows to the layer's representation) as a version
-        made after `epoch`, collect old versions, and log the span.
+        made after `epoch`, collect old versions, log the span, and return its number.
 
         Probabilities are stored uncompressed, because float noise does not compress and the
         codec only costs time, while 0/1 samples compress well.
@@ -129,11 +151,16 @@ class Publisher:
         )
         if final:
             store.mark_final(version)
-        store.collect_garbage()
+        collected = store.collect_garbage()
+        if self.monitoring is not None:
+            self.monitoring.published[trainer.layer].drop(collected)
+        if in_epoch:
+            self._in_epoch = version.number
         seconds = round(time.perf_counter() - start, 3)
         trainer.log.publishes.append(
             SpanRecord(version.number, started_at, seconds, epoch, in_epoch)
         )
+        return version.number
 
 
 class NoPublisher:

@@ -23,12 +23,18 @@ is bit-reproducible under these schedules; every epoch's input version is logged
 A resumed run restarts each layer from its own last checkpointed state and epoch, on the
 newest version the store (kept when a checkpointed run fails) holds: layer 0 is still
 bit-identical to an uninterrupted run, the upper layers are as timing-dependent as ever.
+
+With the overfitting monitors on, each version's validation rows go with it
+(`monitors.PublishedValidation`), and an upper layer's monitor measures each epoch on those of
+the version it trained on. It waits for them if it gets there before its publisher has mapped
+them; a version from before a restart has none, and its epochs are recorded unmeasured.
 """
 
 from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -38,7 +44,7 @@ from sparkdbn.config import TrainConfig, tie_plan
 from sparkdbn.data import PackedData
 from sparkdbn.engine.checkpoint import Checkpoint
 from sparkdbn.engine.filesystem import check_shared
-from sparkdbn.engine.monitors import Monitoring
+from sparkdbn.engine.monitors import LayerMonitor, Monitoring
 from sparkdbn.engine.pretrain import initial_params, layer_trainer, pretrain_sequential
 from sparkdbn.engine.publishing import NoPublisher, Publisher, PublishPolicy
 from sparkdbn.engine.rbm_trainer import LayerTrainer
@@ -230,6 +236,7 @@ def run_layer(
     run: RunLog,
     shared: Shared,
     checkpoint: Checkpoint | None = None,
+    monitoring: Monitoring | None = None,
 ) -> RBMParams:
     """Train one layer under a concurrent schedule; layer 0 trains on `data`, the others on
     the store below. `sequential` here means: wait for the final version of the input.
@@ -238,19 +245,25 @@ def run_layer(
     here is only when the layer trains and on which input. A layer the checkpoint holds
     continues from its saved state and epoch on the newest version in the store below (a tied
     layer needs no tie point then); a finished one only publishes its final version again if
-    the store lacks it (killed between the two).
+    the store lacks it (killed between the two). With `monitoring`, its epochs are measured
+    and its versions carry their validation rows.
     """
     resumed = checkpoint is not None and checkpoint.has(f"layer_{layer}")
     tying = tie_policy(cfg, shared)
     params = tying.start(layer, resumed)
     trainer = layer_trainer(spark, cfg, layer, params, run, f"layer{layer}", checkpoint)
     tying.offer(trainer)
-    publisher = _publisher(spark, cfg, shared, trainer, tying.publishes_first(layer, resumed))
     source = None
     if layer > 0:
         below = shared.stores[layer - 1]
         cache = caches_versions(cfg, below)
         source = _Input(below, f"layer{layer}", shared, run, trainer.log, cache)
+    validation = None
+    if monitoring is not None:
+        validation = _validation(monitoring, layer, source, shared)
+        trainer.monitor = _monitor(monitoring, trainer, data, source, validation)
+    at_start = tying.publishes_first(layer, resumed)
+    publisher = _publisher(spark, cfg, shared, trainer, at_start, monitoring, validation)
     rough_limit = 0 if cfg.schedule == "sequential" else cfg.epochs - cfg.final_epochs
     try:
         current = data
@@ -279,14 +292,52 @@ def run_layer(
             source.close()
 
 
+def _validation(
+    monitoring: Monitoring, layer: int, source: _Input | None, shared: Shared
+) -> Callable[[], PackedData | None]:
+    """The validation rows of the input the layer trains on now: the run's own for layer 0;
+    above, those its publisher below keeps with the current version, once it has mapped them
+    (None for a version from before a restart, which no weights here can map)."""
+    if source is None:
+        return lambda: monitoring.given
+
+    def of_version() -> PackedData | None:
+        version, published = source.version, monitoring.published[layer - 1]
+        if version.writer != source.store.writer:
+            return None
+        while not published.wait(version.number, WAIT_POLL_SECONDS):
+            if shared.stop.is_set():
+                raise _Stopped
+        return published.get(version.number)
+
+    return of_version
+
+
+def _monitor(
+    monitoring: Monitoring, trainer: LayerTrainer, data: PackedData | None,
+    source: _Input | None, validation: Callable[[], PackedData | None],
+) -> LayerMonitor:
+    """Layer 0's monitor, over the fixed training rows; an upper layer's, over the version it
+    has just trained on (the trainer calls it right after the epoch, before the next refresh)."""
+    layer, pool = trainer.layer, trainer.pool
+    if source is None:
+        visible = trainer.cfg.visible
+        return monitoring.layer_monitor(layer, data, visible, pool)
+    return monitoring.version_monitor(layer, lambda: (source.data, validation()), pool)
+
+
 def _publisher(
-    spark: SparkSession, cfg: TrainConfig, shared: Shared, trainer: LayerTrainer, at_start: bool
+    spark: SparkSession, cfg: TrainConfig, shared: Shared, trainer: LayerTrainer,
+    at_start: bool, monitoring: Monitoring | None,
+    validation: Callable[[], PackedData | None] | None,
 ) -> Publisher | NoPublisher:
     """The layer's publisher into the store above it; the top layer has none."""
     if trainer.layer == len(cfg.layers) - 2:
         return NoPublisher()
     store = shared.stores[trainer.layer]
-    return Publisher(spark, store, trainer, cfg, PublishPolicy.of(cfg), at_start)
+    return Publisher(
+        spark, store, trainer, cfg, PublishPolicy.of(cfg), at_start, monitoring, validation
+    )
 
 
 def pretrain(
@@ -299,9 +350,9 @@ def pretrain(
     monitoring: Monitoring | None = None,
 ) -> DBNModel:
     """Pretrain the stack under `cfg.schedule`: `sequential` (or one layer) layer after
-    layer (`pretrain.pretrain_sequential`, which alone takes `monitoring`: the config refuses
-    monitors elsewhere); otherwise all layers in their own threads, handing representations
-    over through the stores under `store_base`."""
+    layer (`pretrain.pretrain_sequential`); otherwise all layers in their own threads, handing
+    representations (and with `monitoring`, validation rows) over through the stores under
+    `store_base`."""
     if cfg.schedule == "sequential" or len(cfg.layers) == 2:
         return pretrain_sequential(spark, data, cfg, run, checkpoint, monitoring)
     n_layers = len(cfg.layers) - 1
@@ -309,7 +360,7 @@ def pretrain(
 
     def target(layer: int) -> None:
         try:
-            run_layer(spark, layer, data, cfg, run, shared, checkpoint)
+            run_layer(spark, layer, data, cfg, run, shared, checkpoint, monitoring)
         except _Stopped:
             pass
         except BaseException as err:  # re-raised in the calling thread below

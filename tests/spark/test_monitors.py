@@ -1,6 +1,7 @@
 """The overfitting monitors on Spark (engine/monitors.py): their figures against numpy's of the
-same rows and weights, and a monitored run's weights against an unmonitored one's; and the
-fitted model's log-likelihood with the DBN's lower bound against enumeration."""
+same rows and weights, and a monitored run's weights against an unmonitored one's, under the
+sequential schedule and under the concurrent ones, whose upper layers train on rough versions;
+and the fitted model's log-likelihood with the DBN's lower bound against enumeration."""
 
 from __future__ import annotations
 
@@ -14,10 +15,11 @@ import pytest
 
 from sparkdbn import ml
 from sparkdbn.config import TrainConfig
+from sparkdbn.engine.rbm_trainer import LayerTrainer
 from sparkdbn.engine.training import train
 from sparkdbn.kernels import likelihood as lk
 from sparkdbn.kernels.monitors import BOUND_SAMPLES, pseudo_log_likelihood
-from sparkdbn.kernels.rbm import free_energy
+from sparkdbn.kernels.rbm import RBMParams, free_energy, hidden_probs
 from tests import exact
 
 WIDTH, TRAIN_ROWS, VALIDATION_ROWS = 16, 300, 400
@@ -107,3 +109,79 @@ def test_log_likelihood_of_the_fitted_model(spark, runs) -> None:
     assert figure["log_likelihood_lower_bound"] == pytest.approx(bound.mean(), abs=0.1)
     assert figure["log_likelihood_lower_bound"] < log_p.mean()
     assert figure["samples"] == BOUND_SAMPLES and figure["lower"] <= figure["upper"]
+
+
+CONCURRENT = dict(
+    epochs=5, finetune_epochs=0, partitions=2, seed=5, averaging="plain", checkpoint_every=0,
+    start_after=1, publish_every=1, pseudo_likelihood_bits=0,
+)
+
+
+@pytest.fixture(scope="module")
+def concurrent(spark, tmp_path_factory: pytest.TempPathFactory):
+    """Two-layer runs under the concurrent schedules, each layer's weights recorded after every
+    epoch: pipelined with rough versions written in the epoch, without and with validation
+    data; tied (16-6-16 ties Wᵀ) with rough versions made by a pass of their own."""
+    base = tmp_path_factory.mktemp("concurrent-monitors")
+    X, V = binary_rows(TRAIN_ROWS, 0), binary_rows(VALIDATION_ROWS, 1)
+    train_path, validation = write(base / "train", X, 0), write(base / "validation", V, 10**6)
+    runs = {
+        "off": dict(layers=[WIDTH, 6, 4], schedule="pipelined"),
+        "on": dict(layers=[WIDTH, 6, 4], schedule="pipelined", validation=validation),
+        "tied": dict(layers=[WIDTH, 6, WIDTH], schedule="tied", validation=validation,
+                     rough_versions="after_epoch", final_epochs=1),
+    }
+    weights: dict[tuple[int, int], RBMParams] = {}
+    train_epoch = LayerTrainer.train_epoch
+
+    def recording(self: LayerTrainer, *args, **kwargs):
+        record = train_epoch(self, *args, **kwargs)
+        weights[(self.layer, self.epoch)] = self.params
+        return record
+
+    results = {}
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(LayerTrainer, "train_epoch", recording)
+        for name, extra in runs.items():
+            weights = {}
+            cfg = TrainConfig(**CONCURRENT, **extra).validate()
+            result = train(spark, cfg, str(base / f"store-{name}"), train_data=train_path,
+                           out=io.StringIO())
+            results[name] = result, weights
+    return results, X, V
+
+
+def test_concurrent_monitoring_changes_no_bit_of_layer_0(concurrent) -> None:
+    results, _, _ = concurrent
+    (off, _), (on, _) = results["off"], results["on"]
+    for name in ("W", "vbias", "hbias"):
+        assert np.array_equal(getattr(off.model.layers[0], name), getattr(on.model.layers[0], name))
+    assert all(e.monitors is None for log in off.run.layers for e in log.epochs)
+
+
+@pytest.mark.parametrize("name", ["on", "tied"])
+def test_upper_layer_epochs_measure_the_version_they_name(concurrent, name: str) -> None:
+    """Every epoch of both layers has figures; each of layer 1's is numpy's on the validation
+    rows through layer 0's weights when it published the epoch's input version. The training
+    side is exact where the version is a pass of those weights (tied's, and every final one);
+    an in-epoch rough version's rows are positive phases of weights changing mid-epoch."""
+    results, X, V = concurrent
+    result, weights = results[name]
+    logs = result.run.layers_by_index()
+    assert all(e.monitors is not None for log in logs.values() for e in log.epochs)
+    made_after = {span.version: span for span in logs[0].publishes}
+    seen = [e.input_version for e in logs[1].epochs]
+    assert len(set(seen)) >= 2 and seen[-1] == logs[0].publishes[-1].version  # rough, then final
+    for epoch in logs[1].epochs:
+        span = made_after[epoch.input_version]
+        lower, upper = weights[(0, span.after_epoch)], weights[(1, epoch.epoch + 1)]
+        m = epoch.monitors
+        validation_rows = hidden_probs(lower, V)
+        validation_f = free_energy(upper, validation_rows, "bernoulli").mean()
+        assert m["validation_free_energy"] == pytest.approx(validation_f, rel=1e-6)
+        pll = pseudo_log_likelihood(upper, validation_rows).mean()
+        assert m["validation_pseudo_log_likelihood"] == pytest.approx(pll, rel=1e-6)
+        assert (m["train_rows"], m["rows"]) == (TRAIN_ROWS, VALIDATION_ROWS)
+        if not span.in_epoch:
+            train_f = free_energy(upper, hidden_probs(lower, X), "bernoulli").mean()
+            assert m["train_free_energy"] == pytest.approx(train_f, rel=1e-6)

@@ -80,8 +80,6 @@ def test_flags_override_the_file(tmp_path: Path) -> None:
         ("ais_chains = 1", "config ais_chains must be >= 2, got 1"),
         ("validation = 'v'\nvalidation_fraction = 0.1",
          "config validation and validation_fraction both give validation data"),
-        ("validation_fraction = 0.1\nlayers = [4, 3, 2]\nschedule = 'tied'",
-         "need schedule sequential, got 'tied'"),
         ("log_likelihood = true\nvisible = 'gaussian'",
          "config log_likelihood needs Bernoulli visible units, got visible 'gaussian'"),
     ],
@@ -96,3 +94,15 @@ def test_bad_values_name_their_key(tmp_path: Path, text: str, message: str) -> N
 def test_missing_config_file() -> None:
     with pytest.raises(InputError, match="does not exist"):
         load_config("/nonexistent/c.toml", {})
+
+
+@pytest.mark.parametrize(
+    "schedule, layers", [("pipelined", [4, 3, 2]), ("tied", [4, 3, 4]), ("sequential", [4, 3, 2])]
+)
+def test_monitors_under_every_schedule(tmp_path: Path, schedule: str, layers: list[int]) -> None:
+    """The validation rows follow every version an upper layer trains on, so no schedule
+    refuses them."""
+    file = tmp_path / "c.toml"
+    file.write_text(f"validation_fraction = 0.1\nlayers = {layers}\nschedule = '{schedule}'\n")
+    cfg = load_config(file, {})
+    assert (cfg.schedule, cfg.layers, cfg.validation_fraction) == (schedule, layers, 0.1)
