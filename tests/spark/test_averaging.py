@@ -25,7 +25,6 @@ from pyspark.sql import types as T
 from sparkdbn.data import PackedData, prepare
 from sparkdbn.engine.averaging import (
     GROUP_BYTES,
-    MAX_CHUNK,
     SUM_GROUP,
     average_round,
     chunk_length,
@@ -175,19 +174,6 @@ def test_round_metrics_sum_the_kernel_runs(spark, X, three_parts) -> None:
     assert result.n_rows == N
     assert result.sums.tolist() == [recon]
     assert np.array_equal(result.state, expected)
-
-
-def test_chunk_length_bounds_groups() -> None:
-    """Chunks cover a small state whole, shrink as partitions grow, and keep a group
-    (partitions × chunk floats) within GROUP_BYTES down to the 1024-float floor."""
-    assert chunk_length(154, 3) == 154
-    assert chunk_length(5000, 3) == 5000
-    assert chunk_length(5000, 1 << 20) == 1024
-    assert chunk_length(10**8, 1) == MAX_CHUNK
-    sizes = [chunk_length(10**8, p) for p in (1, 16, 256, 4096, 1 << 16, 1 << 20)]
-    assert sizes == sorted(sizes, reverse=True) and sizes[-1] == 1024
-    for p, size in zip((1, 16, 256, 4096), sizes, strict=False):
-        assert size * p * 4 <= GROUP_BYTES
 
 
 def test_state_split_in_chunks_is_reassembled(spark, X, three_parts) -> None:

@@ -57,10 +57,3 @@ def test_free_energies_and_base_rates_of_every_layer(spark) -> None:
         assert mean_f == pytest.approx(free_energy(model.layers[i], V, "bernoulli").mean(),
                                        rel=1e-6)
         np.testing.assert_allclose(visible_sum, V.sum(axis=0, dtype=np.float64), rtol=1e-6)
-
-
-def test_settings_are_checked() -> None:
-    with pytest.raises(ValueError, match="at least 2 chains"):
-        AISSettings(chains=1)
-    with pytest.raises(ValueError, match="schedule must be one of"):
-        AISSettings(schedule="cosine")

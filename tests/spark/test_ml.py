@@ -205,15 +205,6 @@ def test_unfitted_pipeline_save_load_keeps_params(tmp_path: Path):
     assert loaded.getStorePath() is None
 
 
-def test_setters_and_copy_with_extra_params():
-    clf = DBNClassifier().setLayers([32]).setSchedule("tied").setFinetuneEpochs(3)
-    assert (clf.getLayers(), clf.getSchedule(), clf.getFinetuneEpochs()) == ([32], "tied", 3)
-    copy = clf.copy({clf.layers: [8], clf.finetuneLearningRate: 0.5})
-    assert (copy.getLayers(), copy.getFinetuneLearningRate()) == ([8], 0.5)
-    assert (clf.getLayers(), clf.getFinetuneLearningRate()) == ([32], 0.2)
-    assert copy.uid == clf.uid
-
-
 # -- tuning -------------------------------------------------------------------------------------
 
 

@@ -9,11 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sparkdbn.config import TrainConfig, tie_plan
+from sparkdbn.config import TrainConfig
 from sparkdbn.data import prepare
-from sparkdbn.engine.schedules import pretrain, tie
-from sparkdbn.errors import InputError
-from sparkdbn.kernels.rbm import RBMParams
+from sparkdbn.engine.schedules import pretrain
 from sparkdbn.metrics import RunLog
 from sparkdbn.model import DBNModel
 
@@ -104,23 +102,6 @@ def test_hand_offs_are_logged_and_rough_versions_made_in_their_epoch(runs) -> No
     assert run.to_dict()["layers"][0]["publishes"][0]["in_epoch"] is True
 
 
-@pytest.mark.parametrize(
-    ("setting", "local", "cached"),
-    [("auto", True, False), ("auto", False, True), ("always", True, True),
-     ("never", False, False)],
-)
-def test_cache_versions_setting(setting: str, local: bool, cached: bool) -> None:
-    """auto keeps loaded versions in Spark's cache unless the store is on local disk."""
-    from types import SimpleNamespace
-
-    from sparkdbn.engine.schedules import caches_versions
-
-    store = SimpleNamespace(on_local_disk=local)
-    assert caches_versions(TrainConfig(cache_versions=setting).validate(), store) is cached
-    with pytest.raises(InputError, match=r"cache_versions must be one of auto\|always\|never"):
-        TrainConfig(cache_versions="sometimes").validate()
-
-
 def test_tied_upper_layers_start_together(runs) -> None:
     """Under tied, layer 2 starts while layer 1 is still training, both before layer 0 ends."""
     _, run = runs["tied"]
@@ -151,25 +132,6 @@ def test_layer_zero_does_not_depend_on_the_schedule(runs) -> None:
     assert np.array_equal(seq.layers[0].W, pipe.layers[0].W)
     assert np.array_equal(seq.layers[0].W, after.layers[0].W)
     assert not np.array_equal(seq.layers[1].W, pipe.layers[1].W)  # rough inputs do matter
-
-
-def test_tie_copies_w_or_transposes_with_swapped_biases() -> None:
-    rng = np.random.default_rng(0)
-    below = RBMParams.init(5, 3, rng)
-    below.vbias[:] = rng.standard_normal(5)
-    below.hbias[:] = rng.standard_normal(3)
-    same = tie(below, "W")
-    assert np.array_equal(same.W, below.W) and same.W is not below.W
-    flipped = tie(below, "WT")
-    assert flipped.W.shape == (3, 5) and np.array_equal(flipped.W, below.W.T)
-    assert np.array_equal(flipped.vbias, below.hbias) and np.array_equal(flipped.hbias, below.vbias)
-
-
-def test_tie_plan_shapes_and_error() -> None:
-    assert tie_plan([500, 500, 500, 500]) == ["W", "W"]
-    assert tie_plan([784, 500, 784, 500]) == ["WT", "WT"]
-    with pytest.raises(InputError, match=r"layer 1 is 500x500 but layer 0 is 784x500"):
-        TrainConfig(layers=[784, 500, 500, 2000], schedule="tied").validate()
 
 
 def test_pipelined_features_are_as_good_as_sequential(spark, runs, fashion_parquet) -> None:

@@ -12,7 +12,6 @@ import pyarrow as pa
 import pyspark
 
 from sparkdbn.session import RESOURCES, get_session, local_worker_settings
-from sparkdbn.staging import is_local
 
 SPEC = importlib.util.spec_from_file_location("sparkdbn_daemon", RESOURCES / "sparkdbn_daemon.py")
 daemon = importlib.util.module_from_spec(SPEC)
@@ -69,12 +68,6 @@ def test_other_spark_installations_keep_their_place(tmp_path: Path) -> None:
 def test_no_site_directory_on_the_path(tmp_path: Path) -> None:
     pyspark_zip, py4j_zip = spark_home(tmp_path / "site-packages")
     assert daemon.installed_first([pyspark_zip, py4j_zip]) == [pyspark_zip, py4j_zip]
-
-
-def test_only_local_masters_get_the_daemon() -> None:
-    assert is_local("local") and is_local("local[2]") and is_local("local[2,4]")
-    assert not is_local("spark://127.0.0.1:7077") and not is_local("yarn")
-    assert not is_local("local-cluster[2,1,1024]")
 
 
 def test_real_workers_import_the_installed_pyspark(spark) -> None:

@@ -8,6 +8,7 @@ import math
 import numpy as np
 import pytest
 
+from sparkdbn.engine.averaging import GROUP_BYTES, MAX_CHUNK, chunk_length
 from sparkdbn.engine.rounds import divergence_warning
 from sparkdbn.kernels.averaging import (
     FINETUNING,
@@ -142,3 +143,16 @@ def test_settings_given_are_kept() -> None:
     assert a == Averaging("nesterov", 3, 0.9, 0.5, False, 2.0, 0.0)
     bm = AveragingSettings("block").resolve(16, 60000, 100, 5, FINETUNING)
     assert (bm.momentum, bm.rounds, bm.reset_local_momentum) == (1 - 1 / 16, 8, True)
+
+
+def test_chunk_length_bounds_groups() -> None:
+    """Chunks cover a small state whole, shrink as partitions grow, and keep a group
+    (partitions × chunk floats) within GROUP_BYTES down to the 1024-float floor."""
+    assert chunk_length(154, 3) == 154
+    assert chunk_length(5000, 3) == 5000
+    assert chunk_length(5000, 1 << 20) == 1024
+    assert chunk_length(10**8, 1) == MAX_CHUNK
+    sizes = [chunk_length(10**8, p) for p in (1, 16, 256, 4096, 1 << 16, 1 << 20)]
+    assert sizes == sorted(sizes, reverse=True) and sizes[-1] == 1024
+    for p, size in zip((1, 16, 256, 4096), sizes, strict=False):
+        assert size * p * 4 <= GROUP_BYTES

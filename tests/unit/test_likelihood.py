@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from sparkdbn.datasets import load_mnist_dir
+from sparkdbn.engine.likelihood import AISSettings
 from sparkdbn.kernels import likelihood as lk
 from sparkdbn.kernels.rbm import DTYPE, CDConfig, RBMParams, cd_epoch, free_energy
 from tests import exact as ex
@@ -156,3 +157,10 @@ def test_ais_on_a_784x16_rbm_trained_on_the_fixture() -> None:
     X = images.astype(np.float32)
     params = trained(X, 16, epochs=5, batch=20)
     check_ais(params, X)
+
+
+def test_settings_are_checked() -> None:
+    with pytest.raises(ValueError, match="at least 2 chains"):
+        AISSettings(chains=1)
+    with pytest.raises(ValueError, match="schedule must be one of"):
+        AISSettings(schedule="cosine")

@@ -186,3 +186,12 @@ def test_one_check_and_message_for_flags_files_and_params(s: Setting) -> None:
         message = rf"^config {s.key} must {re.escape(s.rule.requirement)}, got "
         with pytest.raises(InputError, match=message):
             load_config(None, {s.key: bad})
+
+
+def test_setters_and_copy_with_extra_params():
+    clf = DBNClassifier().setLayers([32]).setSchedule("tied").setFinetuneEpochs(3)
+    assert (clf.getLayers(), clf.getSchedule(), clf.getFinetuneEpochs()) == ([32], "tied", 3)
+    copy = clf.copy({clf.layers: [8], clf.finetuneLearningRate: 0.5})
+    assert (copy.getLayers(), copy.getFinetuneLearningRate()) == ([8], 0.5)
+    assert (clf.getLayers(), clf.getFinetuneLearningRate()) == ([32], 0.2)
+    assert copy.uid == clf.uid
