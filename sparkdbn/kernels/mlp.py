@@ -23,6 +23,8 @@ from itertools import pairwise
 
 import numpy as np
 
+from sparkdbn.kernels.checks import require
+
 DTYPE = np.float32
 _FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 PREDICT_BATCH = 4096  # rows per forward pass in class_scores: bounds memory to O(batch · width)
@@ -113,16 +115,13 @@ class SGDConfig:
     dropout: float = 0.0  # probability of dropping each hidden unit while training
 
     def __post_init__(self) -> None:
-        checks = {
+        require("SGD", self, {
             "dropout": 0 <= self.dropout < 1,
             "learning_rate": self.learning_rate > 0,
             "momentum": 0 <= self.momentum < 1,
             "weight_decay": self.weight_decay >= 0,
             "batch_size": isinstance(self.batch_size, int | np.integer) and self.batch_size >= 1,
-        }
-        for name, ok in checks.items():
-            if not ok:
-                raise ValueError(f"invalid SGD setting {name}={getattr(self, name)!r}")
+        })
 
 
 @dataclass

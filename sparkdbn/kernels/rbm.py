@@ -15,6 +15,8 @@ from typing import Literal
 
 import numpy as np
 
+from sparkdbn.kernels.checks import require
+
 Visible = Literal["bernoulli", "gaussian"]
 VISIBLE_TYPES: tuple[str, ...] = ("bernoulli", "gaussian")
 # Where the negative phase starts: at the data (CD-k) or at persistent chains (PCD-k).
@@ -106,7 +108,7 @@ class CDConfig:
     pcd_chains: int = 100  # Tieleman's fantasy particles; fewer lag behind the weights
 
     def __post_init__(self) -> None:
-        checks = {
+        require("CD", self, {
             "k": self.k >= 1,
             "learning_rate": self.learning_rate > 0,
             "momentum": 0 <= self.momentum < 1,
@@ -115,10 +117,7 @@ class CDConfig:
             "visible": self.visible in VISIBLE_TYPES,
             "cd": self.cd in CD_VARIANTS,
             "pcd_chains": self.pcd_chains >= 1,
-        }
-        for name, ok in checks.items():
-            if not ok:
-                raise ValueError(f"invalid CD setting {name}={getattr(self, name)!r}")
+        })
 
 
 @dataclass

@@ -70,8 +70,8 @@ def test_the_package_has_no_import_cycles() -> None:
 # docs/architecture.md's table: a module imports only from its own layer and those below.
 LAYERS = {
     "kernels": {
-        "kernels", "kernels.rbm", "kernels.mlp", "kernels.rates", "kernels.averaging",
-        "kernels.likelihood", "kernels.monitors",
+        "kernels", "kernels.checks", "kernels.rbm", "kernels.mlp", "kernels.rates",
+        "kernels.averaging", "kernels.likelihood", "kernels.monitors",
     },
     "foundations": {
         "config", "data", "datasets", "columns", "staging", "model", "logs", "metrics",
