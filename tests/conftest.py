@@ -15,6 +15,9 @@ FIXTURE_DIR = REPO / "tests" / "data" / "fashion-mnist-small"
 
 os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
 os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
+# A tracking URI in the developer's shell would turn MLflow tracking on for every job the tests
+# run, and send their runs to that store; tests/jobs/test_mlflow.py uses a store of its own.
+os.environ.pop("MLFLOW_TRACKING_URI", None)
 
 
 @pytest.fixture(scope="session")
