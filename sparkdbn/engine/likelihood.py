@@ -84,12 +84,13 @@ class LayerLikelihood:
         return -self.mean_free_energy - self.log_z.log_z
 
     def to_dict(self) -> dict:
+        lower, upper = _minus_log_z(-self.mean_free_energy, self.log_z)
         return {
             "layer": self.layer,
             "n_rows": self.n_rows,
             "log_likelihood": self.log_likelihood,
-            "log_likelihood_lower": -self.mean_free_energy - self.log_z.upper,
-            "log_likelihood_upper": _finite_or_none(-self.mean_free_energy - self.log_z.lower),
+            "log_likelihood_lower": lower,
+            "log_likelihood_upper": upper,
             "log_z": self.log_z.log_z,
             "log_z_lower": _finite_or_none(self.log_z.lower),
             "log_z_upper": self.log_z.upper,
@@ -98,12 +99,21 @@ class LayerLikelihood:
 
     def line(self) -> str:
         d = self.to_dict()
-        upper = "?" if d["log_likelihood_upper"] is None else f"{d['log_likelihood_upper']:.2f}"
         return (
             f"layer {self.layer}: log-likelihood {self.log_likelihood:.2f} nats per row "
-            f"[{d['log_likelihood_lower']:.2f}, {upper}], log Z {self.log_z.log_z:.2f}, "
-            f"mean free energy {self.mean_free_energy:.2f}, {self.n_rows} rows"
+            f"[{d['log_likelihood_lower']:.2f}, {_end(d['log_likelihood_upper'])}], "
+            f"log Z {self.log_z.log_z:.2f}, mean free energy {self.mean_free_energy:.2f}, "
+            f"{self.n_rows} rows"
         )
+
+
+def _minus_log_z(value: float, log_z: LogZEstimate) -> tuple[float, float | None]:
+    """value − log Z at the ends of log Z's interval: (lower, upper), an unbounded end None."""
+    return value - log_z.upper, _finite_or_none(value - log_z.lower)
+
+
+def _end(x: float | None) -> str:
+    return "?" if x is None else f"{x:.2f}"
 
 
 def _finite_or_none(x: float) -> float | None:
@@ -244,21 +254,22 @@ class LowerBound:
     samples: int
 
     def to_dict(self) -> dict:
+        lower, upper = _minus_log_z(self.mean_terms, self.top_log_z)
         return {
             "n_rows": self.n_rows,
             "log_likelihood_lower_bound": self.mean_terms - self.top_log_z.log_z,
-            "lower": self.mean_terms - self.top_log_z.upper,
-            "upper": _finite_or_none(self.mean_terms - self.top_log_z.lower),
+            "lower": lower,
+            "upper": upper,
             "top_log_z": self.top_log_z.log_z,
             "samples": self.samples,
         }
 
     def line(self) -> str:
         d = self.to_dict()
-        upper = "?" if d["upper"] is None else f"{d['upper']:.2f}"
         return (
             f"DBN: log-likelihood ≥ {d['log_likelihood_lower_bound']:.2f} nats per row "
-            f"[{d['lower']:.2f}, {upper}] (variational bound, {self.samples} samples per row)"
+            f"[{d['lower']:.2f}, {_end(d['upper'])}] "
+            f"(variational bound, {self.samples} samples per row)"
         )
 
 
